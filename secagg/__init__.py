@@ -1,0 +1,74 @@
+"""Secure aggregation: the server learns the sum of the clients' vectors and nothing else.
+
+Implements Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving Machine
+Learning" (CCS 2017), with the sparse neighbour graph of Bell et al., "Secure Single-Server
+Aggregation with (Poly)Logarithmic Overhead" (CCS 2020). Pure protocol: no torch, no I/O.
+
+Two ways in:
+
+* :func:`aggregate` runs a whole round in-process (tests, experiments, benchmarks).
+* :class:`Client` and :class:`Server` are sans-I/O state machines for your own transport:
+  bytes in, bytes out.
+"""
+
+from secagg.client import Client, ClientStats
+from secagg.config import PROTOCOL_VERSION, SecAggConfig
+from secagg.errors import (
+    AuthenticationFailed,
+    ConfigurationError,
+    DuplicateMessage,
+    InconsistentRequest,
+    InconsistentShares,
+    InvalidInput,
+    LocalProtocolError,
+    MalformedMessage,
+    ParameterMismatch,
+    RemoteProtocolError,
+    SecAggError,
+    ThresholdNotMet,
+    UnexpectedPhase,
+    UnknownSender,
+    UnsupportedVersion,
+    WrongSession,
+)
+from secagg.parameters import ParameterChoice, recommend_parameters
+from secagg.randomness import DeterministicRandom, RandomSource
+from secagg.server import Server, ServerResult
+from secagg.simulate import AggregationResult, ProgressCallback, aggregate
+from secagg.stages import ClientStage, MessageType, Phase, ServerStage
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "AggregationResult",
+    "AuthenticationFailed",
+    "Client",
+    "ClientStage",
+    "ClientStats",
+    "ConfigurationError",
+    "DeterministicRandom",
+    "DuplicateMessage",
+    "InconsistentRequest",
+    "InconsistentShares",
+    "InvalidInput",
+    "LocalProtocolError",
+    "MalformedMessage",
+    "MessageType",
+    "ParameterChoice",
+    "ParameterMismatch",
+    "Phase",
+    "ProgressCallback",
+    "RandomSource",
+    "RemoteProtocolError",
+    "SecAggConfig",
+    "SecAggError",
+    "Server",
+    "ServerResult",
+    "ServerStage",
+    "ThresholdNotMet",
+    "UnexpectedPhase",
+    "UnknownSender",
+    "UnsupportedVersion",
+    "WrongSession",
+    "aggregate",
+    "recommend_parameters",
+]

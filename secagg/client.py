@@ -1,0 +1,374 @@
+"""The client side of the protocol, as a sans-I/O state machine: bytes in, bytes out.
+
+Error handling (see :mod:`secagg.errors`):
+
+* Transport-level problems in a server message - malformed bytes, another session or round, a
+  message for another stage, a duplicate - raise and leave the client unchanged, so a stale or
+  corrupted message can simply be dropped.
+* Anything wrong in a well-formed message of this session - a forged signature or ciphertext, a
+  roster with strangers, an unmask request that asks for both shares of a peer or contradicts the
+  consistency check, too few peers left - means the server (or a peer it relays) is dishonest
+  or the round cannot be completed safely: the client moves to the sticky ``ERROR`` stage and
+  refuses everything after.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, NoReturn
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from secagg import keys, messages
+from secagg.config import SecAggConfig
+from secagg.errors import (
+    AuthenticationFailed,
+    ConfigurationError,
+    InconsistentRequest,
+    LocalProtocolError,
+    RemoteProtocolError,
+    ThresholdNotMet,
+    UnexpectedPhase,
+    UnknownSender,
+    WrongSession,
+)
+from secagg.graph import neighbourhoods
+from secagg.hazmat import aead, shamir, signing
+from secagg.hazmat.agreement import AgreementKey
+from secagg.hazmat.exceptions import InvalidAuthentication
+from secagg.hazmat.prg import DEFAULT_CHUNK_BYTES, MaskTerm, accumulate
+from secagg.randomness import RandomSource, system_random
+from secagg.ring import to_ring
+from secagg.stages import CLIENT_TRANSITIONS, ClientStage, MessageType
+
+__all__ = ["Client", "ClientStats"]
+
+_STICKY = (
+    AuthenticationFailed,
+    InconsistentRequest,
+    ThresholdNotMet,
+    UnknownSender,
+)
+
+
+@dataclass
+class ClientStats:
+    """What the client measured about its own work (for benchmarks)."""
+
+    mask_seconds: float = 0.0
+    keystream_bytes: int = 0
+
+
+class Client:
+    """One client of one secure-aggregation session.
+
+    Example:
+        >>> from secagg import SecAggConfig, Client
+        >>> config = SecAggConfig.create([1, 2, 3], vector_length=4)
+        >>> client = Client(config, 1)
+        >>> first_message = client.advertise_keys()  # send to the server
+        >>> # then: reply = client.receive(server_bytes) for each server message
+
+    Args:
+        config: the session's parameters, identical on every party.
+        client_id: this client's id in ``config.client_ids``.
+        signing_key: this client's long-term Ed25519 key; required iff ``config.identities``.
+        random_bytes: source of secret randomness (``os.urandom``; seed only in tests).
+        chunk_bytes: working-set size of the mask expansion.
+    """
+
+    def __init__(
+        self,
+        config: SecAggConfig,
+        client_id: int,
+        *,
+        signing_key: signing.SigningKey | None = None,
+        random_bytes: RandomSource = system_random,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ) -> None:
+        if client_id not in config.client_ids:
+            raise ConfigurationError(f"client id {client_id} is not in the session's cohort")
+        if (signing_key is None) != (config.identities is None):
+            raise ConfigurationError(
+                "pass signing_key exactly when the configuration has identities"
+            )
+        if signing_key is not None and config.identities[client_id] != signing_key.public_bytes:
+            raise ConfigurationError(
+                f"signing_key does not match the identity configured for client {client_id}"
+            )
+        self.config = config
+        self.client_id = client_id
+        self.stats = ClientStats()
+        self._signing_key = signing_key
+        self._random = random_bytes
+        self._chunk_bytes = chunk_bytes
+        self._neighbours = neighbourhoods(config)[client_id]
+        self._limit = messages.size_limit(config)
+        self._stage = ClientStage.NEW
+        self._error: Exception | None = None
+        self._input: np.ndarray | None = None
+        self._channel_key: AgreementKey | None = None
+        self._mask_key: AgreementKey | None = None
+        self._roster: dict[int, messages.RosterEntry] = {}
+        self._own_shares: tuple[bytes, bytes] = (b"", b"")
+        self._peer_shares: dict[int, tuple[bytes, bytes]] = {}
+        self._survivors: frozenset[int] | None = None
+        self._self_mask_secret = b""
+        self._pair_seeds: dict[int, bytes] = {}
+
+    @property
+    def stage(self) -> ClientStage:
+        """The current stage."""
+        return self._stage
+
+    def set_input(self, vector: ArrayLike) -> None:
+        """Give the integer vector to aggregate (any time before the share bundle arrives).
+
+        Raises:
+            InvalidInput: wrong length, not integers, or beyond ``config.input_bound``.
+            LocalProtocolError: the masked input was already sent.
+        """
+        if self._stage in (ClientStage.INPUT_MASKED, ClientStage.CONSISTENCY_SIGNED, ClientStage.DONE):
+            raise LocalProtocolError("the masked input was already sent; the input cannot change")
+        self._input = to_ring(
+            vector,
+            ring_bits=self.config.ring_bits,
+            length=self.config.vector_length,
+            bound=self.config.input_bound,
+        )
+
+    def advertise_keys(self) -> bytes:
+        """Phase 0: draw this session's two X25519 key pairs and return the advertisement."""
+        if self._stage is not ClientStage.NEW:
+            raise LocalProtocolError(f"advertise_keys() is the first call; client is {self._stage.value}")
+        channel, mask = AgreementKey.generate(self._random), AgreementKey.generate(self._random)
+        signature = b""
+        if self._signing_key is not None:
+            signature = self._signing_key.sign(
+                keys.key_advertisement_transcript(
+                    self.config.digest, self.client_id, channel.public_bytes, mask.public_bytes
+                )
+            )
+        reply = messages.AdvertiseKeys(self.config.digest, channel.public_bytes, mask.public_bytes, signature)
+        self._channel_key, self._mask_key = channel, mask
+        self._stage = ClientStage.KEYS_ADVERTISED
+        return self._encode(reply)
+
+    def receive(self, data: bytes) -> bytes:
+        """Process one server message and return the reply to send back.
+
+        Raises:
+            RemoteProtocolError: the message is bad (see the module doc for which are sticky).
+            ThresholdNotMet: too few peers remain; the client stops.
+            LocalProtocolError: the client already stopped, or no input was set in time.
+        """
+        if self._stage is ClientStage.ERROR:
+            raise LocalProtocolError(f"client {self.client_id} stopped after: {self._error}")
+        envelope = messages.decode(data, max_bytes=self._limit)
+        if envelope.sender != messages.SERVER_ID or envelope.signature:
+            raise UnknownSender("clients only accept unsigned messages from the server", sender=envelope.sender)
+        if (envelope.session_id, envelope.round_index) != (self.config.session_id, self.config.round_index):
+            raise WrongSession(
+                f"message for round {envelope.round_index} of session "
+                f"{envelope.session_id.hex()[:16]}..., this is round {self.config.round_index} "
+                f"of {self.config.session_id.hex()[:16]}...",
+                sender=envelope.sender,
+            )
+        if self._stage is ClientStage.DONE and envelope.kind is MessageType.UNMASK_REQUEST:
+            self._fail(InconsistentRequest("a second unmask request in one session", sender=0))
+        transition = CLIENT_TRANSITIONS.get((self._stage, envelope.kind))
+        identities = self.config.identities is not None
+        if transition is None or transition[1] not in (None, identities):
+            raise UnexpectedPhase(
+                f"{envelope.kind.name} is not expected while the client is {self._stage.value}"
+                + (" (identities require the consistency check first)" if identities else ""),
+                sender=0,
+            )
+        handler: Callable[[messages.Payload], messages.Payload] = {
+            MessageType.KEY_ROSTER: self._on_roster,
+            MessageType.SHARE_BUNDLE: self._on_bundle,
+            MessageType.CONSISTENCY_REQUEST: self._on_consistency,
+            MessageType.UNMASK_REQUEST: self._on_unmask,
+        }[envelope.kind]
+        try:
+            reply = handler(envelope.payload)
+        except _STICKY as error:
+            self._fail(error)
+        self._stage = transition[0]
+        return self._encode(reply)
+
+    def _fail(self, error: Exception) -> NoReturn:
+        self._stage, self._error = ClientStage.ERROR, error
+        self._channel_key = self._mask_key = None
+        self._peer_shares, self._pair_seeds, self._self_mask_secret = {}, {}, b""
+        raise error
+
+    def _encode(self, payload: messages.Payload) -> bytes:
+        return messages.encode(
+            payload,
+            session_id=self.config.session_id,
+            round_index=self.config.round_index,
+            sender=self.client_id,
+            signing_key=self._signing_key,
+        )
+
+    def _require(self, count: int, what: str) -> None:
+        if count < self.config.threshold:
+            raise ThresholdNotMet(
+                f"client {self.client_id}: only {count} {what}, threshold is {self.config.threshold}"
+            )
+
+    def _on_roster(self, roster: messages.KeyRoster) -> messages.ShareKeys:
+        own = {self._channel_key.public_bytes, self._mask_key.public_bytes}
+        seen: set[bytes] = set(own)
+        for entry in roster.entries:
+            peer = entry.client_id
+            if peer not in self.config.client_ids:
+                raise UnknownSender(f"roster lists client {peer}, who is not in the cohort", sender=0)
+            if peer not in self._neighbours:
+                raise InconsistentRequest(f"roster lists client {peer}, who is not a neighbour", sender=0)
+            if entry.channel_key in seen or entry.mask_key in seen or entry.channel_key == entry.mask_key:
+                raise InconsistentRequest(f"roster reuses a public key (client {peer})", sender=0)
+            seen |= {entry.channel_key, entry.mask_key}
+            if self.config.identities is not None:
+                transcript = keys.key_advertisement_transcript(
+                    self.config.digest, peer, entry.channel_key, entry.mask_key
+                )
+                try:
+                    signing.verify(self.config.identities[peer], entry.key_signature, transcript)
+                except InvalidAuthentication:
+                    raise AuthenticationFailed(f"key signature of client {peer} does not verify", sender=0) from None
+        self._require(len(roster.entries) + 1, "holders for this client's shares")
+        secret = self._random(shamir.SECRET_BYTES)
+        holders = sorted([self.client_id, *(e.client_id for e in roster.entries)])
+        shares = shamir.split(
+            [self._mask_key.private_bytes, secret],
+            threshold=self.config.threshold,
+            xs=holders,
+            random_bytes=self._random,
+        )
+        by_holder = dict(zip(holders, shares))
+        ciphertexts, pair_seeds = [], {}
+        for entry in roster.entries:
+            peer = entry.client_id
+            try:
+                shared = self._channel_key.exchange(entry.channel_key)
+                mask_secret = self._mask_key.exchange(entry.mask_key)
+            except ValueError:
+                raise InconsistentRequest(f"client {peer} advertised a low-order key", sender=0) from None
+            pair_seeds[peer] = keys.pairwise_seed(mask_secret, self.config.digest, self.client_id, peer)
+            key, nonce = keys.channel_key(shared, self.config.digest, self.client_id, peer)
+            associated = keys.share_associated_data(
+                self.config.session_id, self.config.round_index, self.config.digest, self.client_id, peer
+            )
+            ciphertexts.append((peer, aead.seal(key, nonce, b"".join(by_holder[peer]), associated)))
+        self._roster = {e.client_id: e for e in roster.entries}
+        self._pair_seeds = pair_seeds
+        self._own_shares = tuple(by_holder[self.client_id])
+        self._self_mask_secret = secret
+        commitment = keys.self_mask_commitment(secret, self.config.digest, self.client_id)
+        return messages.ShareKeys(commitment, tuple(ciphertexts))
+
+    def _on_bundle(self, bundle: messages.ShareBundle) -> messages.MaskedInput:
+        if self._input is None:
+            raise LocalProtocolError("call set_input() before delivering the share bundle")
+        received: dict[int, tuple[bytes, bytes]] = {}
+        for peer, ciphertext in bundle.ciphertexts:
+            entry = self._roster.get(peer)
+            if entry is None:
+                raise InconsistentRequest(f"share bundle holds a ciphertext from non-roster client {peer}", sender=0)
+            key, nonce = keys.channel_key(
+                self._channel_key.exchange(entry.channel_key), self.config.digest, peer, self.client_id
+            )
+            associated = keys.share_associated_data(
+                self.config.session_id, self.config.round_index, self.config.digest, peer, self.client_id
+            )
+            try:
+                plaintext = aead.open_(key, nonce, ciphertext, associated)
+            except InvalidAuthentication:
+                raise AuthenticationFailed(f"shares from client {peer} fail authentication", sender=0) from None
+            half = shamir.SHARE_BYTES
+            received[peer] = (plaintext[:half], plaintext[half:])
+        self._require(len(received) + 1, "clients left in the neighbourhood after sharing")
+        started = time.perf_counter()
+        terms = [MaskTerm(keys.self_mask_seed(self._self_mask_secret, self.config.digest, self.client_id))]
+        terms += [MaskTerm(self._pair_seeds[p], subtract=self.client_id > p) for p in received]
+        masked = self._input.copy()
+        accumulate(masked, terms, chunk_bytes=self._chunk_bytes)
+        if self.config.ring_bits not in (32, 64):
+            masked &= masked.dtype.type(self.config.ring_mask)
+        self.stats.mask_seconds += time.perf_counter() - started
+        self.stats.keystream_bytes += len(terms) * masked.nbytes
+        self._peer_shares = received
+        self._pair_seeds = {}
+        self._input = None
+        return messages.MaskedInput.from_vector(masked)
+
+    def _on_consistency(self, request: messages.ConsistencyRequest) -> messages.ConsistencySignature:
+        survivors = frozenset(request.survivors)
+        self._check_known(survivors)
+        if self.client_id not in survivors:
+            raise InconsistentRequest("U3 omits this client, which sent its masked input", sender=0)
+        strangers = (survivors & self._neighbours) - set(self._peer_shares)
+        if strangers:
+            raise InconsistentRequest(
+                f"U3 names neighbours {sorted(strangers)[:5]} that never shared keys with this client",
+                sender=0,
+            )
+        self._require(len(survivors), "clients in U3")
+        signature = self._signing_key.sign(keys.consistency_transcript(self.config.digest, survivors))
+        self._survivors = survivors
+        return messages.ConsistencySignature(signature)
+
+    def _on_unmask(self, request: messages.UnmaskRequest) -> messages.UnmaskResponse:
+        alive, dropped = frozenset(request.alive), frozenset(request.dropped)
+        both = alive & dropped
+        if both:
+            raise InconsistentRequest(
+                f"asked for both the self-mask share and the key share of client {min(both)}",
+                sender=0,
+            )
+        expected = {*self._peer_shares, self.client_id}
+        if alive | dropped != expected or self.client_id not in alive:
+            raise InconsistentRequest(
+                "unmask request must name this client alive and each neighbour that shared keys "
+                f"exactly once; unknown: {sorted((alive | dropped) - expected)[:5]}, "
+                f"missing: {sorted(expected - alive - dropped)[:5]}",
+                sender=0,
+            )
+        if self._survivors is not None:
+            if alive != expected & self._survivors:
+                raise InconsistentRequest(
+                    "the unmask request contradicts the set U3 of the consistency check", sender=0
+                )
+            self._check_consistency_signatures(request.signatures)
+        self._require(len(alive), "live holders of this client's self-mask")
+        own_secret_share = self._own_shares[1]
+        self_mask_shares = tuple(
+            (peer, own_secret_share if peer == self.client_id else self._peer_shares[peer][1])
+            for peer in sorted(alive)
+        )
+        key_shares = tuple((peer, self._peer_shares[peer][0]) for peer in sorted(dropped))
+        self._peer_shares = {}
+        self._self_mask_secret = b""
+        return messages.UnmaskResponse(self_mask_shares, key_shares)
+
+    def _check_known(self, ids: frozenset[int]) -> None:
+        unknown = ids - set(self.config.client_ids)
+        if unknown:
+            raise UnknownSender(f"server names clients {sorted(unknown)[:5]} outside the cohort", sender=0)
+
+    def _check_consistency_signatures(self, signatures: tuple[tuple[int, bytes], ...]) -> None:
+        transcript = keys.consistency_transcript(self.config.digest, self._survivors)
+        for signer, signature in signatures:
+            if signer not in self._survivors:
+                raise InconsistentRequest(f"consistency signature from client {signer}, outside U3", sender=0)
+            try:
+                signing.verify(self.config.identities[signer], signature, transcript)
+            except InvalidAuthentication:
+                raise AuthenticationFailed(
+                    f"consistency signature of client {signer} does not verify", sender=0
+                ) from None
+        self._require(len(signatures), "valid consistency signatures")

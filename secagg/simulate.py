@@ -1,0 +1,207 @@
+"""All parties of one round in one process, talking through the real byte messages.
+
+For tests, experiments and benchmarks: every message is encoded, handed over as bytes and
+decoded, so the bytes counted are the bytes a deployment would send.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from secagg.client import Client
+from secagg.config import SecAggConfig
+from secagg.errors import ThresholdNotMet
+from secagg.hazmat.prg import DEFAULT_CHUNK_BYTES
+from secagg.hazmat.signing import SigningKey
+from secagg.messages import SERVER_ID
+from secagg.randomness import RandomSource, system_random
+from secagg.server import Server
+from secagg.stages import Phase
+
+__all__ = ["AggregationResult", "ProgressCallback", "aggregate"]
+
+ProgressCallback = Callable[[Phase, int, int], None]
+"""Called as ``progress(phase, done, total)``: once with ``done=0``, then after each step."""
+
+
+@dataclass(frozen=True, eq=False)
+class AggregationResult:
+    """What one simulated round produced and cost.
+
+    Attributes:
+        total: the unmasked sum of the contributors' inputs modulo 2^b (ring words).
+        contributors: the clients whose inputs are in ``total``.
+        dropped: the clients that dropped out or aborted.
+        config: the session's parameters.
+        bytes_sent: bytes each party sent, by id (0 is the server).
+        bytes_received: bytes each party received, by id (0 is the server).
+        client_seconds: compute time of each client, summed over phases.
+        server_seconds: compute time of the server.
+        phase_seconds: wall time of each phase (all parties, run one after another).
+        mask_seconds: time the clients spent expanding masks, summed.
+        keystream_bytes: keystream bytes the clients expanded, summed.
+    """
+
+    total: np.ndarray
+    contributors: frozenset[int]
+    dropped: frozenset[int]
+    config: SecAggConfig
+    bytes_sent: Mapping[int, int]
+    bytes_received: Mapping[int, int]
+    client_seconds: Mapping[int, float]
+    server_seconds: float
+    phase_seconds: Mapping[Phase, float]
+    mask_seconds: float
+    keystream_bytes: int
+
+
+def _dropout_phases(
+    dropouts: Mapping[Phase, Iterable[int]] | None, ids: Sequence[int], identities: bool
+) -> dict[int, Phase]:
+    when: dict[int, Phase] = {}
+    for phase, clients in (dropouts or {}).items():
+        phase = Phase(phase)
+        if phase is Phase.CONSISTENCY_CHECK and not identities:
+            raise ValueError("the consistency-check phase only exists with identities=True")
+        for client in clients:
+            if client not in ids:
+                raise ValueError(f"dropout client {client} is not in the cohort {ids[0]}..{ids[-1]}")
+            if client in when:
+                raise ValueError(f"client {client} is set to drop out in two phases")
+            when[client] = phase
+    return when
+
+
+def aggregate(
+    inputs: Mapping[int, ArrayLike] | Sequence[ArrayLike],
+    *,
+    threshold: int | None = None,
+    neighbours: int | None = None,
+    ring_bits: int = 32,
+    input_bound: int | None = None,
+    dropouts: Mapping[Phase, Iterable[int]] | None = None,
+    identities: bool = False,
+    round_index: int = 0,
+    rng: RandomSource = system_random,
+    progress: ProgressCallback | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> AggregationResult:
+    """Run one secure-aggregation round with every party in this process.
+
+    Args:
+        inputs: integer vectors of equal length, by client id (a sequence gets ids 1..n).
+        threshold: t; default from :func:`secagg.parameters.recommend_parameters`.
+        neighbours: k; ``n - 1`` is the complete graph; default as for ``threshold``.
+        ring_bits: b, the sum is taken modulo 2^b.
+        input_bound: optional bound on each element's magnitude (signed), checked up front.
+        dropouts: ``{phase: client ids}``; a client drops out *in* that phase, sending nothing
+            from it on (``Phase.MASKED_INPUT``: it shared its keys but never sends its input).
+        identities: give every client an Ed25519 identity: signed keys, signed messages and the
+            consistency check.
+        round_index: recorded in the session and bound into every message.
+        rng: randomness for keys, seeds and shares (``os.urandom``; seed only for replay).
+        progress: optional callback ``progress(phase, done, total)``.
+        chunk_bytes: working-set size of mask expansion.
+
+    Returns:
+        The sum and what the round cost.
+
+    Raises:
+        ThresholdNotMet: too many dropouts for the threshold.
+        ConfigurationError: invalid parameters.
+
+    Example:
+        >>> import numpy as np
+        >>> result = aggregate([np.arange(4), np.ones(4, dtype=int), np.full(4, 2)])
+        >>> result.total.tolist()
+        [3, 4, 5, 6]
+    """
+    by_id = dict(inputs.items()) if isinstance(inputs, Mapping) else dict(enumerate(inputs, start=1))
+    ids = sorted(by_id)
+    length = len(np.asarray(by_id[ids[0]])) if ids else 0
+    signing_keys = {u: SigningKey.generate(rng) for u in ids} if identities else {}
+    config = SecAggConfig.create(
+        ids,
+        length,
+        threshold=threshold,
+        neighbours=neighbours,
+        ring_bits=ring_bits,
+        input_bound=input_bound,
+        identities={u: key.public_bytes for u, key in signing_keys.items()} or None,
+        round_index=round_index,
+        random_bytes=rng,
+    )
+    drop_phase = _dropout_phases(dropouts, ids, identities)
+    bytes_sent = dict.fromkeys([SERVER_ID, *ids], 0)
+    bytes_received = dict.fromkeys([SERVER_ID, *ids], 0)
+    client_seconds = dict.fromkeys(ids, 0.0)
+    phase_seconds: dict[Phase, float] = {}
+    server_seconds = 0.0
+    server = Server(config, random_bytes=rng, chunk_bytes=chunk_bytes)
+    clients = {
+        u: Client(config, u, signing_key=signing_keys.get(u), random_bytes=rng, chunk_bytes=chunk_bytes)
+        for u in ids
+    }
+    aborted: set[int] = set()
+    phases = [p for p in Phase if identities or p is not Phase.CONSISTENCY_CHECK]
+    outgoing: dict[int, bytes] = dict.fromkeys(ids, b"")
+
+    for index, phase in enumerate(phases):
+        started = time.perf_counter()
+        recipients = sorted(outgoing)
+        total_steps = len(recipients) + 1
+        if progress:
+            progress(phase, 0, total_steps)
+        for step, u in enumerate(recipients, start=1):
+            message = outgoing[u]
+            bytes_sent[SERVER_ID] += len(message)
+            dropped_at = drop_phase.get(u)
+            if dropped_at is not None and phases.index(dropped_at) <= index:
+                continue
+            bytes_received[u] += len(message)
+            tick = time.perf_counter()
+            try:
+                if phase is Phase.ADVERTISE_KEYS:
+                    reply = clients[u].advertise_keys()
+                else:
+                    if phase is Phase.SHARE_KEYS:
+                        clients[u].set_input(by_id[u])
+                    reply = clients[u].receive(message)
+            except ThresholdNotMet:
+                aborted.add(u)
+                continue
+            finally:
+                client_seconds[u] += time.perf_counter() - tick
+            bytes_sent[u] += len(reply)
+            bytes_received[SERVER_ID] += len(reply)
+            tick = time.perf_counter()
+            server.receive(reply)
+            server_seconds += time.perf_counter() - tick
+            if progress:
+                progress(phase, step, total_steps)
+        tick = time.perf_counter()
+        outgoing = server.close_phase()
+        server_seconds += time.perf_counter() - tick
+        phase_seconds[phase] = time.perf_counter() - started
+        if progress:
+            progress(phase, total_steps, total_steps)
+
+    result = server.result
+    return AggregationResult(
+        total=result.total,
+        contributors=result.contributors,
+        dropped=result.dropped,
+        config=config,
+        bytes_sent=bytes_sent,
+        bytes_received=bytes_received,
+        client_seconds=client_seconds,
+        server_seconds=server_seconds,
+        phase_seconds=phase_seconds,
+        mask_seconds=sum(c.stats.mask_seconds for c in clients.values()),
+        keystream_bytes=sum(c.stats.keystream_bytes for c in clients.values()),
+    )
