@@ -111,12 +111,12 @@ class Client:
         self._input: np.ndarray | None = None
         self._channel_key: AgreementKey | None = None
         self._mask_key: AgreementKey | None = None
-        self._roster: dict[int, messages.RosterEntry] = {}
         self._own_shares: tuple[bytes, bytes] = (b"", b"")
         self._peer_shares: dict[int, tuple[bytes, bytes]] = {}
         self._survivors: frozenset[int] | None = None
         self._self_mask_secret = b""
         self._pair_seeds: dict[int, bytes] = {}
+        self._channel_secrets: dict[int, bytes] = {}
 
     @property
     def stage(self) -> ClientStage:
@@ -202,7 +202,8 @@ class Client:
     def _fail(self, error: Exception) -> NoReturn:
         self._stage, self._error = ClientStage.ERROR, error
         self._channel_key = self._mask_key = None
-        self._peer_shares, self._pair_seeds, self._self_mask_secret = {}, {}, b""
+        self._peer_shares, self._pair_seeds, self._channel_secrets = {}, {}, {}
+        self._self_mask_secret = b""
         raise error
 
     def _encode(self, payload: messages.Payload) -> bytes:
@@ -250,7 +251,7 @@ class Client:
             random_bytes=self._random,
         )
         by_holder = dict(zip(holders, shares))
-        ciphertexts, pair_seeds = [], {}
+        ciphertexts, pair_seeds, channel_secrets = [], {}, {}
         for entry in roster.entries:
             peer = entry.client_id
             try:
@@ -259,13 +260,13 @@ class Client:
             except ValueError:
                 raise InconsistentRequest(f"client {peer} advertised a low-order key", sender=0) from None
             pair_seeds[peer] = keys.pairwise_seed(mask_secret, self.config.digest, self.client_id, peer)
+            channel_secrets[peer] = shared
             key, nonce = keys.channel_key(shared, self.config.digest, self.client_id, peer)
             associated = keys.share_associated_data(
                 self.config.session_id, self.config.round_index, self.config.digest, self.client_id, peer
             )
             ciphertexts.append((peer, aead.seal(key, nonce, b"".join(by_holder[peer]), associated)))
-        self._roster = {e.client_id: e for e in roster.entries}
-        self._pair_seeds = pair_seeds
+        self._pair_seeds, self._channel_secrets = pair_seeds, channel_secrets
         self._own_shares = tuple(by_holder[self.client_id])
         self._self_mask_secret = secret
         commitment = keys.self_mask_commitment(secret, self.config.digest, self.client_id)
@@ -276,12 +277,10 @@ class Client:
             raise LocalProtocolError("call set_input() before delivering the share bundle")
         received: dict[int, tuple[bytes, bytes]] = {}
         for peer, ciphertext in bundle.ciphertexts:
-            entry = self._roster.get(peer)
-            if entry is None:
+            shared = self._channel_secrets.get(peer)
+            if shared is None:
                 raise InconsistentRequest(f"share bundle holds a ciphertext from non-roster client {peer}", sender=0)
-            key, nonce = keys.channel_key(
-                self._channel_key.exchange(entry.channel_key), self.config.digest, peer, self.client_id
-            )
+            key, nonce = keys.channel_key(shared, self.config.digest, peer, self.client_id)
             associated = keys.share_associated_data(
                 self.config.session_id, self.config.round_index, self.config.digest, peer, self.client_id
             )
@@ -302,7 +301,7 @@ class Client:
         self.stats.mask_seconds += time.perf_counter() - started
         self.stats.keystream_bytes += len(terms) * masked.nbytes
         self._peer_shares = received
-        self._pair_seeds = {}
+        self._pair_seeds, self._channel_secrets = {}, {}
         self._input = None
         return messages.MaskedInput.from_vector(masked)
 

@@ -1,0 +1,95 @@
+"""Shamir t-of-n sharing of 32-byte secrets (Shamir 1979), chunked over GF(2^31 - 1)."""
+
+import itertools
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from secagg.hazmat import shamir
+from secagg.randomness import DeterministicRandom
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    secret=st.binary(min_size=32, max_size=32),
+    holders=st.integers(1, 12),
+    data=st.data(),
+)
+def test_any_t_shares_reconstruct(secret, holders, data):
+    """Correctness: every subset of exactly t shares interpolates the secret."""
+    threshold = data.draw(st.integers(1, holders))
+    xs = data.draw(st.lists(st.integers(1, shamir.PRIME - 1), min_size=holders, max_size=holders, unique=True))
+    shares = shamir.split([secret], threshold=threshold, xs=xs, random_bytes=os.urandom)
+    subset = data.draw(st.lists(st.sampled_from(range(holders)), min_size=threshold, max_size=threshold, unique=True))
+    assert shamir.reconstruct({xs[i]: shares[i][0] for i in subset}, threshold=threshold) == secret
+
+
+def test_every_subset_of_t_reconstructs_several_secrets():
+    """All C(6,3) subsets recover both secrets shared together."""
+    secrets = [os.urandom(32), os.urandom(32)]
+    xs = [3, 5, 8, 13, 21, 34]
+    shares = shamir.split(secrets, threshold=3, xs=xs, random_bytes=os.urandom)
+    for subset in itertools.combinations(range(6), 3):
+        got = shamir.reconstruct_many([xs[i] for i in subset], [[shares[i][s] for i in subset] for s in range(2)])
+        assert got == secrets
+
+
+def test_fewer_than_t_shares_refuse():
+    """Reconstruction with fewer than t shares raises instead of guessing."""
+    shares = shamir.split([bytes(32)], threshold=4, xs=[1, 2, 3, 4, 5], random_bytes=os.urandom)
+    with pytest.raises(ValueError, match="need 4"):
+        shamir.reconstruct({x: shares[x - 1][0] for x in (1, 2, 3)}, threshold=4)
+
+
+CHI2_CRITICAL_DF15_ALPHA_1E6 = 56.49  # scipy.stats.chi2.ppf(1 - 1e-6, 15)
+
+
+@pytest.mark.parametrize("secret", [bytes(32), b"\xff" * 32])
+def test_t_minus_one_shares_are_uniform_whatever_the_secret(secret):
+    """Secrecy (Shamir 1979): any t-1 shares are uniformly distributed, independent of the secret.
+
+    3-of-4 sharing; the joint distribution of two holders' shares (first limb, top two bits of
+    each, 16 cells) over 8000 sharings must be uniform: chi-square test, false-failure rate 1e-6
+    (the seeded source makes the run reproducible).
+    """
+    count = 8000
+    shares = shamir.split([secret] * count, threshold=3, xs=[1, 2, 3, 4], random_bytes=DeterministicRandom(secret))
+    first = np.array([np.frombuffer(shares[0][i], "<u4")[0] for i in range(count)], dtype=np.uint64)
+    second = np.array([np.frombuffer(shares[1][i], "<u4")[0] for i in range(count)], dtype=np.uint64)
+    cells = (first * 4 // shamir.PRIME) * 4 + second * 4 // shamir.PRIME
+    observed = np.bincount(cells.astype(np.int64), minlength=16)
+    expected = count / 16
+    assert ((observed - expected) ** 2 / expected).sum() < CHI2_CRITICAL_DF15_ALPHA_1E6
+
+
+def test_shares_are_deterministic_only_under_a_seeded_source():
+    """Coefficients come from the injected source: same seed, same shares; fresh urandom, not."""
+    args = dict(threshold=3, xs=[1, 2, 3, 4])
+    a = shamir.split([bytes(32)], random_bytes=DeterministicRandom(1), **args)
+    b = shamir.split([bytes(32)], random_bytes=DeterministicRandom(1), **args)
+    c = shamir.split([bytes(32)], random_bytes=os.urandom, **args)
+    assert a == b
+    assert a != c
+
+
+def test_lagrange_coefficients_are_cached_per_responder_set():
+    """Coefficients for one responder set are computed once and reused."""
+    first = shamir.lagrange_at_zero((4, 9, 10))
+    assert shamir.lagrange_at_zero([4, 9, 10]) is first
+    # sum of Lagrange basis at 0 is 1 (interpolating the constant polynomial 1)
+    assert int(first.sum()) % shamir.PRIME == 1
+
+
+def test_corrupted_shares_are_detected_or_rejected():
+    """Out-of-field values are rejected; duplicate x-coordinates are rejected."""
+    with pytest.raises(ValueError):
+        shamir.reconstruct({1: b"\xff" * shamir.SHARE_BYTES, 2: bytes(shamir.SHARE_BYTES)}, threshold=2)
+    with pytest.raises(ValueError):
+        shamir.split([bytes(32)], threshold=2, xs=[1, 1], random_bytes=os.urandom)
+    with pytest.raises(ValueError):
+        shamir.split([bytes(32)], threshold=2, xs=[0, 1], random_bytes=os.urandom)
+    with pytest.raises(ValueError):
+        shamir.split([bytes(32)], threshold=3, xs=[1, 2], random_bytes=os.urandom)

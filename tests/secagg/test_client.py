@@ -1,0 +1,234 @@
+"""The client state machine against a lying or broken server."""
+
+import numpy as np
+import pytest
+
+from secagg import (
+    AuthenticationFailed,
+    ClientStage,
+    ConfigurationError,
+    InconsistentRequest,
+    InvalidInput,
+    LocalProtocolError,
+    MalformedMessage,
+    ThresholdNotMet,
+    UnexpectedPhase,
+    UnknownSender,
+    UnsupportedVersion,
+    WrongSession,
+    messages,
+)
+from secagg.hazmat.signing import SigningKey
+from secagg.randomness import DeterministicRandom
+from tests.secagg.harness import Round
+
+
+def _unmask_request(round_, client_id, outgoing):
+    return messages.decode(outgoing[client_id], max_bytes=1 << 20).payload
+
+
+def test_refuses_to_reveal_both_shares_of_one_peer():
+    """Bonawitz et al. 2017, Sec. 4 (double masking): a client never reveals both b_v and s_v.
+
+    A lying server calls peer 2 both alive and dropped; client 1 refuses and stops for good.
+    """
+    r = Round(5, threshold=3, neighbours=4)
+    honest = _unmask_request(r, 1, r.until_unmask())
+    assert 2 in honest.alive
+    lie = messages.UnmaskRequest(alive=honest.alive, dropped=tuple(sorted({*honest.dropped, 2})))
+    with pytest.raises(InconsistentRequest, match="both the self-mask share and the key share of client 2"):
+        r.clients[1].receive(r.from_server(lie))
+    assert r.clients[1].stage is ClientStage.ERROR
+    with pytest.raises(LocalProtocolError):
+        r.clients[1].receive(r.from_server(honest))
+
+
+def test_refuses_key_share_of_a_peer_it_was_told_is_alive():
+    """A peer listed in U3 in the consistency check cannot be called dropped afterwards."""
+    r = Round(5, threshold=3, neighbours=4, identities=True)
+    honest = _unmask_request(r, 1, r.until_unmask())
+    lie = messages.UnmaskRequest(
+        alive=tuple(u for u in honest.alive if u != 3), dropped=(3,), signatures=honest.signatures
+    )
+    with pytest.raises(InconsistentRequest):
+        r.clients[1].receive(r.from_server(lie))
+    assert r.clients[1].stage is ClientStage.ERROR
+
+
+def test_answers_only_one_unmask_request():
+    """A second unmask request in one session is a lie; the client refuses it."""
+    r = Round(4, threshold=3, neighbours=3)
+    outgoing = r.until_unmask()
+    r.clients[1].receive(outgoing[1])
+    with pytest.raises(InconsistentRequest, match="second unmask request"):
+        r.clients[1].receive(outgoing[1])
+
+
+def test_unmask_request_must_name_every_neighbour_and_itself():
+    """The request names each neighbour exactly once, and the client itself as alive."""
+    r = Round(5, threshold=3, neighbours=4)
+    honest = _unmask_request(r, 1, r.until_unmask())
+    partial = messages.UnmaskRequest(alive=honest.alive[:-1], dropped=honest.dropped)
+    with pytest.raises(InconsistentRequest, match="missing"):
+        r.clients[1].receive(r.from_server(partial))
+
+
+def test_consistency_check_requires_t_valid_signatures():
+    """With identities, the unmask request must carry >= t valid signatures over U3."""
+    r = Round(5, threshold=4, neighbours=4, identities=True)
+    honest = _unmask_request(r, 1, r.until_unmask())
+    too_few = messages.UnmaskRequest(honest.alive, honest.dropped, honest.signatures[:3])
+    with pytest.raises(ThresholdNotMet):
+        r.clients[1].receive(r.from_server(too_few))
+    forged_r = Round(5, threshold=4, neighbours=4, identities=True, seed=1)
+    honest = _unmask_request(forged_r, 2, forged_r.until_unmask())
+    signer, signature = honest.signatures[0]
+    forged = messages.UnmaskRequest(
+        honest.alive, honest.dropped, ((signer, bytes([signature[0] ^ 1]) + signature[1:]), *honest.signatures[1:])
+    )
+    with pytest.raises(AuthenticationFailed):
+        forged_r.clients[2].receive(forged_r.from_server(forged))
+
+
+def test_consistency_request_that_omits_the_client_is_refused():
+    """The server cannot tell a client that sent its input that it dropped out."""
+    r = Round(5, threshold=3, neighbours=4, identities=True)
+    r.step(r.step(r.advertise()))
+    request = messages.ConsistencyRequest((2, 3, 4, 5))
+    with pytest.raises(InconsistentRequest, match="omits this client"):
+        r.clients[1].receive(r.from_server(request))
+
+
+def test_roster_with_a_stranger_or_sybil_is_refused():
+    """Rosters may list only cohort members that are neighbours (no injected Sybils)."""
+    r = Round(10, threshold=3, neighbours=4)
+    rosters = r.advertise()
+    roster = messages.decode(rosters[1], max_bytes=1 << 20).payload
+    sybil = messages.KeyRoster((*roster.entries, messages.RosterEntry(999, b"\x09" * 32, b"\x0a" * 32)))
+    with pytest.raises(UnknownSender):
+        r.clients[1].receive(r.from_server(sybil))
+    r = Round(10, threshold=3, neighbours=4)
+    rosters = r.advertise()
+    roster = messages.decode(rosters[1], max_bytes=1 << 20).payload
+    neighbours = {e.client_id for e in roster.entries}
+    stranger = min(set(range(2, 11)) - neighbours)
+    forged = messages.KeyRoster(
+        tuple(sorted((*roster.entries, messages.RosterEntry(stranger, b"\x09" * 32, b"\x0a" * 32)), key=lambda e: e.client_id))
+    )
+    with pytest.raises(InconsistentRequest, match="not a neighbour"):
+        r.clients[1].receive(r.from_server(forged))
+
+
+def test_roster_with_a_forged_key_signature_is_refused():
+    """With identities, a server cannot substitute a peer's keys (man in the middle)."""
+    r = Round(4, threshold=3, neighbours=3, identities=True)
+    roster = messages.decode(r.advertise()[1], max_bytes=1 << 20).payload
+    first = roster.entries[0]
+    mitm = SigningKey.generate(DeterministicRandom(9)).sign(b"anything")
+    forged = messages.KeyRoster((messages.RosterEntry(first.client_id, first.channel_key, first.mask_key, mitm), *roster.entries[1:]))
+    with pytest.raises(AuthenticationFailed):
+        r.clients[1].receive(r.from_server(forged))
+    assert r.clients[1].stage is ClientStage.ERROR
+
+
+def test_too_small_neighbourhood_stops_the_client():
+    """A client with fewer than t holders for its shares refuses to share (ThresholdNotMet)."""
+    r = Round(5, threshold=4, neighbours=4)
+    roster = messages.decode(r.advertise()[1], max_bytes=1 << 20).payload
+    small = messages.KeyRoster(roster.entries[:2])
+    with pytest.raises(ThresholdNotMet):
+        r.clients[1].receive(r.from_server(small))
+
+
+def test_tampered_ciphertext_in_the_bundle_is_refused():
+    """AEAD binds the shares: a flipped bit fails authentication, never yields wrong shares."""
+    r = Round(4, threshold=3, neighbours=3)
+    bundles = r.step(r.advertise())
+    bundle = messages.decode(bundles[1], max_bytes=1 << 20).payload
+    sender, ciphertext = bundle.ciphertexts[0]
+    tampered = messages.ShareBundle(((sender, bytes([ciphertext[0] ^ 1]) + ciphertext[1:]), *bundle.ciphertexts[1:]))
+    with pytest.raises(AuthenticationFailed):
+        r.clients[1].receive(r.from_server(tampered))
+
+
+def test_ciphertext_relayed_to_the_wrong_receiver_is_refused():
+    """Associated data names the receiver: a ciphertext for client 2 does not open at client 3."""
+    r = Round(4, threshold=3, neighbours=3)
+    bundles = r.step(r.advertise())
+    for_two = dict(messages.decode(bundles[2], max_bytes=1 << 20).payload.ciphertexts)
+    for_three = messages.decode(bundles[3], max_bytes=1 << 20).payload
+    swapped = messages.ShareBundle(tuple((s, for_two[s]) if s == 1 else (s, c) for s, c in for_three.ciphertexts))
+    with pytest.raises(AuthenticationFailed):
+        r.clients[3].receive(r.from_server(swapped))
+
+
+@pytest.mark.parametrize(
+    ("header", "error"),
+    [
+        ({"session_id": b"\x01" * 32}, WrongSession),
+        ({"round_index": 7}, WrongSession),
+        ({"sender": 3}, UnknownSender),
+    ],
+)
+def test_misaddressed_messages_leave_the_client_unchanged(header, error):
+    """Messages of another session, round or sender raise and change nothing."""
+    r = Round(4, threshold=3, neighbours=3)
+    rosters = r.advertise()
+    roster = messages.decode(rosters[1], max_bytes=1 << 20).payload
+    with pytest.raises(error):
+        r.clients[1].receive(r.from_server(roster, **header))
+    assert r.clients[1].stage is ClientStage.KEYS_ADVERTISED
+    r.clients[1].receive(rosters[1])  # the genuine message still works
+    assert r.clients[1].stage is ClientStage.KEYS_SHARED
+
+
+def test_malformed_and_out_of_phase_messages_leave_the_client_unchanged():
+    """Truncated, oversized, wrong-version or out-of-phase bytes raise typed errors, state intact."""
+    r = Round(4, threshold=3, neighbours=3)
+    rosters = r.advertise()
+    genuine = rosters[1]
+    with pytest.raises(MalformedMessage):
+        r.clients[1].receive(genuine[:-1])
+    with pytest.raises(MalformedMessage):
+        r.clients[1].receive(genuine + b"\x00")
+    with pytest.raises(MalformedMessage):
+        r.clients[1].receive(b"\x00" * (1 << 22))
+    with pytest.raises(UnsupportedVersion):
+        r.clients[1].receive(genuine[:4] + b"\x02" + genuine[5:])
+    with pytest.raises(UnexpectedPhase):
+        r.clients[1].receive(r.from_server(messages.ShareBundle(())))
+    assert r.clients[1].stage is ClientStage.KEYS_ADVERTISED
+    r.clients[1].receive(genuine)
+
+
+def test_input_must_be_set_before_masking_and_fit_the_configuration():
+    """Local misuse raises LocalProtocolError/InvalidInput and leaves the client usable."""
+    r = Round(4, threshold=3, neighbours=3)
+    bundles = r.step(r.advertise())
+    client = r.clients[1]
+    client._input = None  # as if set_input() had never been called
+    with pytest.raises(LocalProtocolError, match="set_input"):
+        client.receive(bundles[1])
+    with pytest.raises(InvalidInput):
+        client.set_input(np.zeros(5, dtype=int))
+    with pytest.raises(InvalidInput):
+        client.set_input(np.zeros(6))
+    client.set_input(r.inputs[1])
+    r.server.receive(client.receive(bundles[1]))
+    with pytest.raises(LocalProtocolError):
+        client.set_input(r.inputs[1])
+    with pytest.raises(LocalProtocolError):
+        client.advertise_keys()
+
+
+def test_client_construction_is_validated():
+    """A client outside the cohort, or a missing/mismatched identity key, fails at construction."""
+    r = Round(3, identities=True)
+    from secagg import Client
+
+    with pytest.raises(ConfigurationError):
+        Client(r.config, 9, signing_key=r.signing_keys[1])
+    with pytest.raises(ConfigurationError):
+        Client(r.config, 1)
+    with pytest.raises(ConfigurationError):
+        Client(r.config, 1, signing_key=r.signing_keys[2])
