@@ -15,8 +15,9 @@ Error handling (see :mod:`secagg.errors`):
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NoReturn
+from typing import NoReturn
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -28,7 +29,6 @@ from secagg.errors import (
     ConfigurationError,
     InconsistentRequest,
     LocalProtocolError,
-    RemoteProtocolError,
     ThresholdNotMet,
     UnexpectedPhase,
     UnknownSender,
@@ -130,7 +130,11 @@ class Client:
             InvalidInput: wrong length, not integers, or beyond ``config.input_bound``.
             LocalProtocolError: the masked input was already sent.
         """
-        if self._stage in (ClientStage.INPUT_MASKED, ClientStage.CONSISTENCY_SIGNED, ClientStage.DONE):
+        if self._stage in (
+            ClientStage.INPUT_MASKED,
+            ClientStage.CONSISTENCY_SIGNED,
+            ClientStage.DONE,
+        ):
             raise LocalProtocolError("the masked input was already sent; the input cannot change")
         self._input = to_ring(
             vector,
@@ -142,7 +146,9 @@ class Client:
     def advertise_keys(self) -> bytes:
         """Phase 0: draw this session's two X25519 key pairs and return the advertisement."""
         if self._stage is not ClientStage.NEW:
-            raise LocalProtocolError(f"advertise_keys() is the first call; client is {self._stage.value}")
+            raise LocalProtocolError(
+                f"advertise_keys() is the first call; client is {self._stage.value}"
+            )
         channel, mask = AgreementKey.generate(self._random), AgreementKey.generate(self._random)
         signature = b""
         if self._signing_key is not None:
@@ -151,7 +157,9 @@ class Client:
                     self.config.digest, self.client_id, channel.public_bytes, mask.public_bytes
                 )
             )
-        reply = messages.AdvertiseKeys(self.config.digest, channel.public_bytes, mask.public_bytes, signature)
+        reply = messages.AdvertiseKeys(
+            self.config.digest, channel.public_bytes, mask.public_bytes, signature
+        )
         self._channel_key, self._mask_key = channel, mask
         self._stage = ClientStage.KEYS_ADVERTISED
         return self._encode(reply)
@@ -168,8 +176,13 @@ class Client:
             raise LocalProtocolError(f"client {self.client_id} stopped after: {self._error}")
         envelope = messages.decode(data, max_bytes=self._limit)
         if envelope.sender != messages.SERVER_ID or envelope.signature:
-            raise UnknownSender("clients only accept unsigned messages from the server", sender=envelope.sender)
-        if (envelope.session_id, envelope.round_index) != (self.config.session_id, self.config.round_index):
+            raise UnknownSender(
+                "clients only accept unsigned messages from the server", sender=envelope.sender
+            )
+        if (envelope.session_id, envelope.round_index) != (
+            self.config.session_id,
+            self.config.round_index,
+        ):
             raise WrongSession(
                 f"message for round {envelope.round_index} of session "
                 f"{envelope.session_id.hex()[:16]}..., this is round {self.config.round_index} "
@@ -227,10 +240,18 @@ class Client:
         for entry in roster.entries:
             peer = entry.client_id
             if peer not in self.config.client_ids:
-                raise UnknownSender(f"roster lists client {peer}, who is not in the cohort", sender=0)
+                raise UnknownSender(
+                    f"roster lists client {peer}, who is not in the cohort", sender=0
+                )
             if peer not in self._neighbours:
-                raise InconsistentRequest(f"roster lists client {peer}, who is not a neighbour", sender=0)
-            if entry.channel_key in seen or entry.mask_key in seen or entry.channel_key == entry.mask_key:
+                raise InconsistentRequest(
+                    f"roster lists client {peer}, who is not a neighbour", sender=0
+                )
+            if (
+                entry.channel_key in seen
+                or entry.mask_key in seen
+                or entry.channel_key == entry.mask_key
+            ):
                 raise InconsistentRequest(f"roster reuses a public key (client {peer})", sender=0)
             seen |= {entry.channel_key, entry.mask_key}
             if self.config.identities is not None:
@@ -240,7 +261,9 @@ class Client:
                 try:
                     signing.verify(self.config.identities[peer], entry.key_signature, transcript)
                 except InvalidAuthentication:
-                    raise AuthenticationFailed(f"key signature of client {peer} does not verify", sender=0) from None
+                    raise AuthenticationFailed(
+                        f"key signature of client {peer} does not verify", sender=0
+                    ) from None
         self._require(len(roster.entries) + 1, "holders for this client's shares")
         secret = self._random(shamir.SECRET_BYTES)
         holders = sorted([self.client_id, *(e.client_id for e in roster.entries)])
@@ -250,7 +273,7 @@ class Client:
             xs=holders,
             random_bytes=self._random,
         )
-        by_holder = dict(zip(holders, shares))
+        by_holder = dict(zip(holders, shares, strict=True))
         ciphertexts, pair_seeds, channel_secrets = [], {}, {}
         for entry in roster.entries:
             peer = entry.client_id
@@ -258,12 +281,20 @@ class Client:
                 shared = self._channel_key.exchange(entry.channel_key)
                 mask_secret = self._mask_key.exchange(entry.mask_key)
             except ValueError:
-                raise InconsistentRequest(f"client {peer} advertised a low-order key", sender=0) from None
-            pair_seeds[peer] = keys.pairwise_seed(mask_secret, self.config.digest, self.client_id, peer)
+                raise InconsistentRequest(
+                    f"client {peer} advertised a low-order key", sender=0
+                ) from None
+            pair_seeds[peer] = keys.pairwise_seed(
+                mask_secret, self.config.digest, self.client_id, peer
+            )
             channel_secrets[peer] = shared
             key, nonce = keys.channel_key(shared, self.config.digest, self.client_id, peer)
             associated = keys.share_associated_data(
-                self.config.session_id, self.config.round_index, self.config.digest, self.client_id, peer
+                self.config.session_id,
+                self.config.round_index,
+                self.config.digest,
+                self.client_id,
+                peer,
             )
             ciphertexts.append((peer, aead.seal(key, nonce, b"".join(by_holder[peer]), associated)))
         self._pair_seeds, self._channel_secrets = pair_seeds, channel_secrets
@@ -279,20 +310,32 @@ class Client:
         for peer, ciphertext in bundle.ciphertexts:
             shared = self._channel_secrets.get(peer)
             if shared is None:
-                raise InconsistentRequest(f"share bundle holds a ciphertext from non-roster client {peer}", sender=0)
+                raise InconsistentRequest(
+                    f"share bundle holds a ciphertext from non-roster client {peer}", sender=0
+                )
             key, nonce = keys.channel_key(shared, self.config.digest, peer, self.client_id)
             associated = keys.share_associated_data(
-                self.config.session_id, self.config.round_index, self.config.digest, peer, self.client_id
+                self.config.session_id,
+                self.config.round_index,
+                self.config.digest,
+                peer,
+                self.client_id,
             )
             try:
                 plaintext = aead.open_(key, nonce, ciphertext, associated)
             except InvalidAuthentication:
-                raise AuthenticationFailed(f"shares from client {peer} fail authentication", sender=0) from None
+                raise AuthenticationFailed(
+                    f"shares from client {peer} fail authentication", sender=0
+                ) from None
             half = shamir.SHARE_BYTES
             received[peer] = (plaintext[:half], plaintext[half:])
         self._require(len(received) + 1, "clients left in the neighbourhood after sharing")
         started = time.perf_counter()
-        terms = [MaskTerm(keys.self_mask_seed(self._self_mask_secret, self.config.digest, self.client_id))]
+        terms = [
+            MaskTerm(
+                keys.self_mask_seed(self._self_mask_secret, self.config.digest, self.client_id)
+            )
+        ]
         terms += [MaskTerm(self._pair_seeds[p], subtract=self.client_id > p) for p in received]
         masked = self._input.copy()
         accumulate(masked, terms, chunk_bytes=self._chunk_bytes)
@@ -305,7 +348,9 @@ class Client:
         self._input = None
         return messages.MaskedInput.from_vector(masked)
 
-    def _on_consistency(self, request: messages.ConsistencyRequest) -> messages.ConsistencySignature:
+    def _on_consistency(
+        self, request: messages.ConsistencyRequest
+    ) -> messages.ConsistencySignature:
         survivors = frozenset(request.survivors)
         self._check_known(survivors)
         if self.client_id not in survivors:
@@ -317,7 +362,9 @@ class Client:
                 sender=0,
             )
         self._require(len(survivors), "clients in U3")
-        signature = self._signing_key.sign(keys.consistency_transcript(self.config.digest, survivors))
+        signature = self._signing_key.sign(
+            keys.consistency_transcript(self.config.digest, survivors)
+        )
         self._survivors = survivors
         return messages.ConsistencySignature(signature)
 
@@ -357,13 +404,17 @@ class Client:
     def _check_known(self, ids: frozenset[int]) -> None:
         unknown = ids - set(self.config.client_ids)
         if unknown:
-            raise UnknownSender(f"server names clients {sorted(unknown)[:5]} outside the cohort", sender=0)
+            raise UnknownSender(
+                f"server names clients {sorted(unknown)[:5]} outside the cohort", sender=0
+            )
 
     def _check_consistency_signatures(self, signatures: tuple[tuple[int, bytes], ...]) -> None:
         transcript = keys.consistency_transcript(self.config.digest, self._survivors)
         for signer, signature in signatures:
             if signer not in self._survivors:
-                raise InconsistentRequest(f"consistency signature from client {signer}, outside U3", sender=0)
+                raise InconsistentRequest(
+                    f"consistency signature from client {signer}, outside U3", sender=0
+                )
             try:
                 signing.verify(self.config.identities[signer], signature, transcript)
             except InvalidAuthentication:

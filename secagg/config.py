@@ -75,7 +75,9 @@ class SecAggConfig:
         object.__setattr__(self, "client_ids", ids)
         n = len(ids)
         if not 1 <= self.vector_length < 2**32:
-            raise ConfigurationError(f"vector_length must lie in [1, 2^32), got {self.vector_length}")
+            raise ConfigurationError(
+                f"vector_length must lie in [1, 2^32), got {self.vector_length}"
+            )
         if not 1 <= self.ring_bits <= 64:
             raise ConfigurationError(
                 f"ring_bits must lie in [1, 64], got {self.ring_bits}; use 32 or 64"
@@ -164,8 +166,10 @@ class SecAggConfig:
             choice = recommend_parameters(
                 len(ids), dropout_rate=dropout_rate, corrupt_fraction=corrupt_fraction
             )
-            neighbours = choice.neighbours if threshold is None else max(choice.neighbours, threshold - 1)
-            threshold = choice.threshold if threshold is None else threshold
+            if threshold is None:
+                neighbours, threshold = choice.neighbours, choice.threshold
+            else:  # widen the graph to hold t shares, up to the complete graph
+                neighbours = min(max(choice.neighbours, threshold - 1), len(ids) - 1)
         elif threshold is None and 1 <= neighbours < len(ids):
             threshold = recommend_threshold(len(ids), neighbours, corrupt_fraction=corrupt_fraction)
         return cls(
@@ -230,8 +234,20 @@ class SecAggConfig:
         data = bytes(data)
         if len(data) < _HEADER.size:
             raise ConfigurationError("configuration bytes are truncated")
-        (magic, version, session_id, round_index, ring_bits, n, threshold, neighbours,
-         length, has_bound, bound, has_ids) = _HEADER.unpack_from(data)
+        (
+            magic,
+            version,
+            session_id,
+            round_index,
+            ring_bits,
+            n,
+            threshold,
+            neighbours,
+            length,
+            has_bound,
+            bound,
+            has_ids,
+        ) = _HEADER.unpack_from(data)
         if magic != _MAGIC:
             raise ConfigurationError("not a privagg secure-aggregation configuration")
         if version != PROTOCOL_VERSION:

@@ -24,7 +24,9 @@ __all__ = [
 _PAIR = struct.Struct(">II")
 
 
-def channel_key(shared_secret: bytes, digest: bytes, sender: int, receiver: int) -> tuple[bytes, bytes]:
+def channel_key(
+    shared_secret: bytes, digest: bytes, sender: int, receiver: int
+) -> tuple[bytes, bytes]:
     """AES-GCM key and nonce for the one share message ``sender`` encrypts to ``receiver``."""
     okm = kdf.derive(
         shared_secret,
@@ -35,9 +37,16 @@ def channel_key(shared_secret: bytes, digest: bytes, sender: int, receiver: int)
     return okm[: aead.KEY_BYTES], okm[aead.KEY_BYTES :]
 
 
-def share_associated_data(session_id: bytes, round_index: int, digest: bytes, sender: int, receiver: int) -> bytes:
+def share_associated_data(
+    session_id: bytes, round_index: int, digest: bytes, sender: int, receiver: int
+) -> bytes:
     """AEAD associated data: session, round, sender and receiver (and the parameter digest)."""
-    return b"privagg/share\x00" + session_id + struct.pack(">III", round_index, sender, receiver) + digest
+    return (
+        b"privagg/share\x00"
+        + session_id
+        + struct.pack(">III", round_index, sender, receiver)
+        + digest
+    )
 
 
 def pairwise_seed(shared_secret: bytes, digest: bytes, a: int, b: int) -> bytes:
@@ -53,10 +62,14 @@ def self_mask_seed(secret: bytes, digest: bytes, owner: int) -> bytes:
 
 def self_mask_commitment(secret: bytes, digest: bytes, owner: int) -> bytes:
     """A binding commitment to b (b is 256 uniform bits, so it hides b as well)."""
-    return kdf.derive(secret, label=b"self-mask-commitment", context=digest + struct.pack(">I", owner))
+    return kdf.derive(
+        secret, label=b"self-mask-commitment", context=digest + struct.pack(">I", owner)
+    )
 
 
-def key_advertisement_transcript(digest: bytes, sender: int, channel_key: bytes, mask_key: bytes) -> bytes:
+def key_advertisement_transcript(
+    digest: bytes, sender: int, channel_key: bytes, mask_key: bytes
+) -> bytes:
     """What a client signs to vouch for its two public keys of this session."""
     return b"privagg/advertise\x00" + digest + struct.pack(">I", sender) + channel_key + mask_key
 

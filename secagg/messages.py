@@ -12,10 +12,11 @@ length is checked before anything is built. Decoding raises :class:`MalformedMes
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Union
+from typing import ClassVar
 
 import numpy as np
 
@@ -78,7 +79,9 @@ class _Reader:
     def count(self, entry_bytes: int, what: str) -> int:
         count = self.u32(what)
         if count * entry_bytes > self.remaining:
-            raise ValueError(f"{what} declares {count} entries but only {self.remaining} bytes follow")
+            raise ValueError(
+                f"{what} declares {count} entries but only {self.remaining} bytes follow"
+            )
         return count
 
     def ids(self, what: str) -> tuple[int, ...]:
@@ -97,7 +100,7 @@ class _Reader:
 def _check_ids(ids: Sequence[int], what: str) -> None:
     if any(not 0 < i < 2**32 for i in ids):
         raise ValueError(f"{what} holds an id outside [1, 2^32)")
-    if any(a >= b for a, b in zip(ids, ids[1:])):
+    if any(a >= b for a, b in itertools.pairwise(ids)):
         raise ValueError(f"{what} must be strictly increasing (sorted, no duplicates)")
 
 
@@ -149,8 +152,13 @@ class AdvertiseKeys:
         _check_len(self.key_signature, (0, SIGNATURE_BYTES), "key_signature")
 
     def encode(self) -> bytes:
-        return (self.config_digest + self.channel_key + self.mask_key
-                + bytes([len(self.key_signature)]) + self.key_signature)
+        return (
+            self.config_digest
+            + self.channel_key
+            + self.mask_key
+            + bytes([len(self.key_signature)])
+            + self.key_signature
+        )
 
     @classmethod
     def decode(cls, reader: _Reader) -> AdvertiseKeys:
@@ -187,8 +195,11 @@ class KeyRoster:
 
     def encode(self) -> bytes:
         return _U32.pack(len(self.entries)) + b"".join(
-            _U32.pack(e.client_id) + e.channel_key + e.mask_key
-            + bytes([len(e.key_signature)]) + e.key_signature
+            _U32.pack(e.client_id)
+            + e.channel_key
+            + e.mask_key
+            + bytes([len(e.key_signature)])
+            + e.key_signature
             for e in self.entries
         )
 
@@ -198,7 +209,10 @@ class KeyRoster:
         entries = []
         for _ in range(count):
             client_id = reader.u32("roster id")
-            channel, mask = reader.take(KEY_BYTES, "channel key"), reader.take(KEY_BYTES, "mask key")
+            channel, mask = (
+                reader.take(KEY_BYTES, "channel key"),
+                reader.take(KEY_BYTES, "mask key"),
+            )
             signature = reader.take(reader.u8("signature length"), "signature")
             entries.append(RosterEntry(client_id, channel, mask, signature))
         return cls(tuple(entries))
@@ -357,7 +371,10 @@ class UnmaskResponse:
     key_shares: tuple[tuple[int, bytes], ...]
 
     def __post_init__(self) -> None:
-        for name, pairs in (("self_mask_shares", self.self_mask_shares), ("key_shares", self.key_shares)):
+        for name, pairs in (
+            ("self_mask_shares", self.self_mask_shares),
+            ("key_shares", self.key_shares),
+        ):
             _check_ids([i for i, _ in pairs], name)
             for _, share in pairs:
                 _check_share(share, name)
@@ -371,14 +388,30 @@ class UnmaskResponse:
         return cls(b_shares, _read_pairs(reader, shamir.SHARE_BYTES, "key shares"))
 
 
-Payload = Union[
-    AdvertiseKeys, KeyRoster, ShareKeys, ShareBundle, MaskedInput,
-    ConsistencyRequest, ConsistencySignature, UnmaskRequest, UnmaskResponse,
-]
+Payload = (
+    AdvertiseKeys
+    | KeyRoster
+    | ShareKeys
+    | ShareBundle
+    | MaskedInput
+    | ConsistencyRequest
+    | ConsistencySignature
+    | UnmaskRequest
+    | UnmaskResponse
+)
 _PAYLOADS: dict[MessageType, type] = {
     cls.KIND: cls
-    for cls in (AdvertiseKeys, KeyRoster, ShareKeys, ShareBundle, MaskedInput,
-                ConsistencyRequest, ConsistencySignature, UnmaskRequest, UnmaskResponse)
+    for cls in (
+        AdvertiseKeys,
+        KeyRoster,
+        ShareKeys,
+        ShareBundle,
+        MaskedInput,
+        ConsistencyRequest,
+        ConsistencySignature,
+        UnmaskRequest,
+        UnmaskResponse,
+    )
 }
 
 
@@ -410,8 +443,14 @@ def encode(
     """Frame ``payload``; with a ``signing_key`` the whole frame is signed (Ed25519)."""
     body = payload.encode()
     header = _HEADER.pack(
-        _MAGIC, PROTOCOL_VERSION, payload.KIND, session_id, round_index, sender,
-        signing_key is not None, len(body),
+        _MAGIC,
+        PROTOCOL_VERSION,
+        payload.KIND,
+        session_id,
+        round_index,
+        sender,
+        signing_key is not None,
+        len(body),
     )
     framed = header + body
     return framed + signing_key.sign(framed) if signing_key is not None else framed
@@ -442,7 +481,9 @@ def decode(data: bytes, *, max_bytes: int) -> Envelope:
         raise MalformedMessage(f"message of {len(data)} bytes exceeds the limit of {max_bytes}")
     if len(data) < _HEADER.size:
         raise MalformedMessage(f"message of {len(data)} bytes is shorter than the header")
-    magic, version, kind, session_id, round_index, sender, auth, body_len = _HEADER.unpack_from(data)
+    magic, version, kind, session_id, round_index, sender, auth, body_len = _HEADER.unpack_from(
+        data
+    )
     if magic != _MAGIC:
         raise MalformedMessage("not a privagg secure-aggregation message (bad magic)")
     if version != PROTOCOL_VERSION:

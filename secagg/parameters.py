@@ -52,8 +52,11 @@ def _log_binomial_pmf(k: int, p: float, i: int) -> float:
     if p >= 1.0:
         return 0.0 if i == k else -math.inf
     return (
-        math.lgamma(k + 1) - math.lgamma(i + 1) - math.lgamma(k - i + 1)
-        + i * math.log(p) + (k - i) * math.log1p(-p)
+        math.lgamma(k + 1)
+        - math.lgamma(i + 1)
+        - math.lgamma(k - i + 1)
+        + i * math.log(p)
+        + (k - i) * math.log1p(-p)
     )
 
 
@@ -68,7 +71,9 @@ def _threshold_for(k: int, n: int, corrupt_fraction: float, security_budget: flo
         corrupt = math.ceil(corrupt_fraction * (n - 1))
     else:
         corrupt = next(
-            c for c in range(k + 1) if _binomial_tail(k, corrupt_fraction, c + 1, k) <= security_budget
+            c
+            for c in range(k + 1)
+            if _binomial_tail(k, corrupt_fraction, c + 1, k) <= security_budget
         )
     return (k + 1 + corrupt) // 2 + 1
 

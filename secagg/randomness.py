@@ -31,7 +31,9 @@ class DeterministicRandom:
 
     def __init__(self, seed: int | bytes) -> None:
         """Key the stream from an integer or a byte string."""
-        material = seed.to_bytes(16, "little", signed=True) if isinstance(seed, int) else bytes(seed)
+        material = (
+            seed.to_bytes(16, "little", signed=True) if isinstance(seed, int) else bytes(seed)
+        )
         self._key = kdf.derive(material, label=b"deterministic-random", context=b"")
         self._counter = 0
         self._buffer = b""
@@ -39,7 +41,9 @@ class DeterministicRandom:
     def __call__(self, length: int) -> bytes:
         """Return the next ``length`` bytes of the stream."""
         while len(self._buffer) < length:
-            block = keystream(self._key, self._BLOCK, counter_block=self._counter.to_bytes(16, "big"))
+            block = keystream(
+                self._key, self._BLOCK, counter_block=self._counter.to_bytes(16, "big")
+            )
             self._counter += self._BLOCK // 16
             self._buffer += block
         out, self._buffer = self._buffer[:length], self._buffer[length:]

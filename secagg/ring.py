@@ -10,7 +10,9 @@ from secagg.errors import InvalidInput
 __all__ = ["to_ring", "to_signed"]
 
 
-def to_ring(values: ArrayLike, *, ring_bits: int, length: int, bound: int | None = None) -> np.ndarray:
+def to_ring(
+    values: ArrayLike, *, ring_bits: int, length: int, bound: int | None = None
+) -> np.ndarray:
     """Copy an integer vector into ring words (uint32 for b <= 32, else uint64), reduced mod 2^b.
 
     Signed integers are taken modulo 2^b (two's complement), so ``-1`` becomes ``2^b - 1``.
@@ -20,7 +22,9 @@ def to_ring(values: ArrayLike, *, ring_bits: int, length: int, bound: int | None
     """
     array = np.asarray(values)
     if array.ndim != 1 or array.shape[0] != length:
-        raise InvalidInput(f"input must be a 1-D vector of {length} elements, got shape {array.shape}")
+        raise InvalidInput(
+            f"input must be a 1-D vector of {length} elements, got shape {array.shape}"
+        )
     if not np.issubdtype(array.dtype, np.integer):
         raise InvalidInput(
             f"input must hold integers (ring elements), got {array.dtype}; "

@@ -136,9 +136,13 @@ class Server:
             raise LocalProtocolError(f"the round is over ({self._stage.value}); no more messages")
         envelope = messages.decode(data, max_bytes=self._limit)
         sender = envelope.sender
-        if (envelope.session_id, envelope.round_index) != (self.config.session_id, self.config.round_index):
+        if (envelope.session_id, envelope.round_index) != (
+            self.config.session_id,
+            self.config.round_index,
+        ):
             raise WrongSession(
-                f"message for round {envelope.round_index} of another session or round", sender=sender
+                f"message for round {envelope.round_index} of another session or round",
+                sender=sender,
             )
         if sender not in self._graph:
             raise UnknownSender("not a member of this session's cohort", sender=sender)
@@ -148,7 +152,9 @@ class Server:
                 f"sent {envelope.kind.name} while the server collects {kind.name}", sender=sender
             )
         if sender not in self._expected:
-            raise UnexpectedPhase(f"not part of the {phase.value} phase (dropped out earlier)", sender=sender)
+            raise UnexpectedPhase(
+                f"not part of the {phase.value} phase (dropped out earlier)", sender=sender
+            )
         if sender in self._inbox:
             raise DuplicateMessage(f"second {kind.name} in one phase", sender=sender)
         self._check_signature(envelope)
@@ -162,7 +168,9 @@ class Server:
         if kind is MessageType.MASKED_INPUT:
             np.add(self._sum, envelope.payload.vector(), out=self._sum)
         if kind is MessageType.ADVERTISE_KEYS:
-            self._key_owners.update(dict.fromkeys((envelope.payload.channel_key, envelope.payload.mask_key), sender))
+            self._key_owners.update(
+                dict.fromkeys((envelope.payload.channel_key, envelope.payload.mask_key), sender)
+            )
         self._inbox[sender] = envelope.payload
         return sender
 
@@ -199,12 +207,18 @@ class Server:
     def _check_signature(self, envelope: messages.Envelope) -> None:
         if self.config.identities is None:
             if envelope.signature:
-                raise ParameterMismatch("signed message, but this session has no identities", sender=envelope.sender)
+                raise ParameterMismatch(
+                    "signed message, but this session has no identities", sender=envelope.sender
+                )
             return
         try:
-            signing.verify(self.config.identities[envelope.sender], envelope.signature, envelope.signed_bytes)
+            signing.verify(
+                self.config.identities[envelope.sender], envelope.signature, envelope.signed_bytes
+            )
         except InvalidAuthentication:
-            raise AuthenticationFailed("message signature missing or invalid", sender=envelope.sender) from None
+            raise AuthenticationFailed(
+                "message signature missing or invalid", sender=envelope.sender
+            ) from None
 
     def _check_advert(self, sender: int, advert: messages.AdvertiseKeys) -> None:
         if not hmac.compare_digest(advert.config_digest, self.config.digest):
@@ -219,14 +233,20 @@ class Server:
             try:
                 signing.verify(self.config.identities[sender], advert.key_signature, transcript)
             except InvalidAuthentication:
-                raise AuthenticationFailed("key advertisement signature invalid", sender=sender) from None
+                raise AuthenticationFailed(
+                    "key advertisement signature invalid", sender=sender
+                ) from None
         elif advert.key_signature:
-            raise ParameterMismatch("key signature sent, but this session has no identities", sender=sender)
+            raise ParameterMismatch(
+                "key signature sent, but this session has no identities", sender=sender
+            )
         if advert.channel_key == advert.mask_key:
             raise MalformedMessage("channel and mask keys must differ", sender=sender)
         for key in (advert.channel_key, advert.mask_key):
             if key in self._key_owners:
-                raise MalformedMessage(f"reuses a public key of client {self._key_owners[key]}", sender=sender)
+                raise MalformedMessage(
+                    f"reuses a public key of client {self._key_owners[key]}", sender=sender
+                )
         for key in (advert.channel_key, advert.mask_key):
             try:
                 self._probe.exchange(key)
@@ -242,12 +262,17 @@ class Server:
 
     def _check_masked_input(self, sender: int, masked: messages.MaskedInput) -> None:
         itemsize = self.config.word_dtype.itemsize
-        if masked.word_bytes != itemsize or len(masked.data) != itemsize * self.config.vector_length:
+        if (
+            masked.word_bytes != itemsize
+            or len(masked.data) != itemsize * self.config.vector_length
+        ):
             raise MalformedMessage(
                 f"masked vector must hold {self.config.vector_length} words of {itemsize} bytes",
                 sender=sender,
             )
-        if self.config.ring_bits not in (32, 64) and np.any(masked.vector() > self.config.ring_mask):
+        if self.config.ring_bits not in (32, 64) and np.any(
+            masked.vector() > self.config.ring_mask
+        ):
             raise MalformedMessage("masked vector holds values outside the ring", sender=sender)
 
     def _check_consistency(self, sender: int, message: messages.ConsistencySignature) -> None:
@@ -259,9 +284,10 @@ class Server:
 
     def _check_unmask(self, sender: int, response: messages.UnmaskResponse) -> None:
         request = self._requests[sender]
-        if tuple(i for i, _ in response.self_mask_shares) != request.alive or tuple(
-            i for i, _ in response.key_shares
-        ) != request.dropped:
+        if (
+            tuple(i for i, _ in response.self_mask_shares) != request.alive
+            or tuple(i for i, _ in response.key_shares) != request.dropped
+        ):
             raise MalformedMessage("shares do not answer exactly the unmask request", sender=sender)
 
     # -- phase transitions -----------------------------------------------------------------------
@@ -272,7 +298,10 @@ class Server:
 
     def _encode(self, payload: messages.Payload) -> bytes:
         return messages.encode(
-            payload, session_id=self.config.session_id, round_index=self.config.round_index, sender=0
+            payload,
+            session_id=self.config.session_id,
+            round_index=self.config.round_index,
+            sender=0,
         )
 
     def _viable(self, members: frozenset[int], phase: Phase) -> frozenset[int]:
@@ -300,7 +329,10 @@ class Server:
             outgoing[u] = messages.KeyRoster(
                 tuple(
                     messages.RosterEntry(
-                        v, self._adverts[v].channel_key, self._adverts[v].mask_key, self._adverts[v].key_signature
+                        v,
+                        self._adverts[v].channel_key,
+                        self._adverts[v].mask_key,
+                        self._adverts[v].key_signature,
                     )
                     for v in peers
                 )
@@ -311,11 +343,11 @@ class Server:
         shared = self._viable(frozenset(self._inbox), Phase.SHARE_KEYS)
         self._share_keys = {u: self._inbox[u] for u in shared}
         self._shared = shared
-        addressed = {
-            u: dict(self._share_keys[u].ciphertexts) for u in shared
-        }
+        addressed = {u: dict(self._share_keys[u].ciphertexts) for u in shared}
         return {
-            u: messages.ShareBundle(tuple((v, addressed[v][u]) for v in sorted(self._graph[u] & shared)))
+            u: messages.ShareBundle(
+                tuple((v, addressed[v][u]) for v in sorted(self._graph[u] & shared))
+            )
             for u in sorted(shared)
         }
 
@@ -359,7 +391,9 @@ class Server:
         responses: Mapping[int, messages.UnmaskResponse] = self._inbox
         t = self.config.threshold
         if len(responses) < t:
-            raise ThresholdNotMet(f"only {len(responses)} clients answered the unmask request; the threshold is {t}")
+            raise ThresholdNotMet(
+                f"only {len(responses)} clients answered the unmask request; the threshold is {t}"
+            )
         self_mask_shares: dict[int, dict[int, bytes]] = {u: {} for u in self._survivors}
         key_shares: dict[int, dict[int, bytes]] = {v: {} for v in self._shared - self._survivors}
         for holder, response in responses.items():
@@ -369,7 +403,9 @@ class Server:
                 key_shares[owner][holder] = share
         terms = [
             MaskTerm(keys.self_mask_seed(secret, self.config.digest, owner), subtract=True)
-            for owner, secret in self._reconstruct(self_mask_shares, "self-mask", self._self_mask_matches)
+            for owner, secret in self._reconstruct(
+                self_mask_shares, "self-mask", self._self_mask_matches
+            )
         ]
         for owner, secret in self._reconstruct(key_shares, "mask key", self._mask_key_matches):
             key = AgreementKey(secret)
@@ -416,10 +452,12 @@ class Server:
         secrets = []
         for holders, owners in groups.items():
             try:
-                values = shamir.reconstruct_many(holders, [[shares[o][h] for h in holders] for o in owners])
+                values = shamir.reconstruct_many(
+                    holders, [[shares[o][h] for h in holders] for o in owners]
+                )
             except ValueError as error:
                 raise InconsistentShares(f"{what} shares do not reconstruct: {error}") from None
-            for owner, secret in zip(owners, values):
+            for owner, secret in zip(owners, values, strict=True):
                 if not matches(owner, secret):
                     raise InconsistentShares(
                         f"reconstructed {what} of client {owner} does not match what it committed to"

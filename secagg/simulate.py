@@ -43,6 +43,8 @@ class AggregationResult:
         client_seconds: compute time of each client, summed over phases.
         server_seconds: compute time of the server.
         phase_seconds: wall time of each phase (all parties, run one after another).
+        phase_bytes_up: bytes clients sent to the server in each phase.
+        phase_bytes_down: bytes the server sent to clients at the start of each phase.
         mask_seconds: time the clients spent expanding masks, summed.
         keystream_bytes: keystream bytes the clients expanded, summed.
     """
@@ -56,6 +58,8 @@ class AggregationResult:
     client_seconds: Mapping[int, float]
     server_seconds: float
     phase_seconds: Mapping[Phase, float]
+    phase_bytes_up: Mapping[Phase, int]
+    phase_bytes_down: Mapping[Phase, int]
     mask_seconds: float
     keystream_bytes: int
 
@@ -70,7 +74,9 @@ def _dropout_phases(
             raise ValueError("the consistency-check phase only exists with identities=True")
         for client in clients:
             if client not in ids:
-                raise ValueError(f"dropout client {client} is not in the cohort {ids[0]}..{ids[-1]}")
+                raise ValueError(
+                    f"dropout client {client} is not in the cohort {ids[0]}..{ids[-1]}"
+                )
             if client in when:
                 raise ValueError(f"client {client} is set to drop out in two phases")
             when[client] = phase
@@ -121,7 +127,9 @@ def aggregate(
         >>> result.total.tolist()
         [3, 4, 5, 6]
     """
-    by_id = dict(inputs.items()) if isinstance(inputs, Mapping) else dict(enumerate(inputs, start=1))
+    by_id = (
+        dict(inputs.items()) if isinstance(inputs, Mapping) else dict(enumerate(inputs, start=1))
+    )
     ids = sorted(by_id)
     length = len(np.asarray(by_id[ids[0]])) if ids else 0
     signing_keys = {u: SigningKey.generate(rng) for u in ids} if identities else {}
@@ -141,10 +149,14 @@ def aggregate(
     bytes_received = dict.fromkeys([SERVER_ID, *ids], 0)
     client_seconds = dict.fromkeys(ids, 0.0)
     phase_seconds: dict[Phase, float] = {}
+    phase_bytes_up: dict[Phase, int] = {}
+    phase_bytes_down: dict[Phase, int] = {}
     server_seconds = 0.0
     server = Server(config, random_bytes=rng, chunk_bytes=chunk_bytes)
     clients = {
-        u: Client(config, u, signing_key=signing_keys.get(u), random_bytes=rng, chunk_bytes=chunk_bytes)
+        u: Client(
+            config, u, signing_key=signing_keys.get(u), random_bytes=rng, chunk_bytes=chunk_bytes
+        )
         for u in ids
     }
     aborted: set[int] = set()
@@ -155,11 +167,13 @@ def aggregate(
         started = time.perf_counter()
         recipients = sorted(outgoing)
         total_steps = len(recipients) + 1
+        phase_bytes_up[phase] = phase_bytes_down[phase] = 0
         if progress:
             progress(phase, 0, total_steps)
         for step, u in enumerate(recipients, start=1):
             message = outgoing[u]
             bytes_sent[SERVER_ID] += len(message)
+            phase_bytes_down[phase] += len(message)
             dropped_at = drop_phase.get(u)
             if dropped_at is not None and phases.index(dropped_at) <= index:
                 continue
@@ -179,6 +193,7 @@ def aggregate(
                 client_seconds[u] += time.perf_counter() - tick
             bytes_sent[u] += len(reply)
             bytes_received[SERVER_ID] += len(reply)
+            phase_bytes_up[phase] += len(reply)
             tick = time.perf_counter()
             server.receive(reply)
             server_seconds += time.perf_counter() - tick
@@ -202,6 +217,8 @@ def aggregate(
         client_seconds=client_seconds,
         server_seconds=server_seconds,
         phase_seconds=phase_seconds,
+        phase_bytes_up=phase_bytes_up,
+        phase_bytes_down=phase_bytes_down,
         mask_seconds=sum(c.stats.mask_seconds for c in clients.values()),
         keystream_bytes=sum(c.stats.keystream_bytes for c in clients.values()),
     )

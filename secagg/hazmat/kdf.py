@@ -16,7 +16,9 @@ __all__ = ["DOMAIN", "derive", "hkdf_sha256"]
 DOMAIN = b"privagg/secagg/v1"
 
 
-def hkdf_sha256(secret: bytes, *, info: bytes, length: int = 32, salt: bytes | None = None) -> bytes:
+def hkdf_sha256(
+    secret: bytes, *, info: bytes, length: int = 32, salt: bytes | None = None
+) -> bytes:
     """Plain HKDF-SHA256 (RFC 5869): extract with ``salt``, expand ``length`` bytes with ``info``."""
     secret = require_bytes("secret", secret)
     info = require_bytes("info", info)

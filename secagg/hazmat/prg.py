@@ -20,7 +20,14 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from secagg.hazmat._checks import require_bytes
 
-__all__ = ["DEFAULT_CHUNK_BYTES", "DEFAULT_GROUP", "SEED_BYTES", "MaskTerm", "accumulate", "keystream"]
+__all__ = [
+    "DEFAULT_CHUNK_BYTES",
+    "DEFAULT_GROUP",
+    "SEED_BYTES",
+    "MaskTerm",
+    "accumulate",
+    "keystream",
+]
 
 SEED_BYTES = 32
 DEFAULT_CHUNK_BYTES = 1 << 16
@@ -36,7 +43,7 @@ class MaskTerm(NamedTuple):
     subtract: bool = False
 
 
-def _encryptor(seed: bytes, counter_block: bytes = _ZERO_COUNTER):  # noqa: ANN202 - backend type
+def _encryptor(seed: bytes, counter_block: bytes = _ZERO_COUNTER):
     key = require_bytes("seed", seed, SEED_BYTES)
     return Cipher(algorithms.AES(key), modes.CTR(counter_block)).encryptor()
 
@@ -103,7 +110,7 @@ def accumulate(
         words = segment.size
         plain = zeros[: words * word.itemsize]
         for encryptors, subtract in batches:
-            for encryptor, view in zip(encryptors, views):
+            for encryptor, view in zip(encryptors, views, strict=False):
                 encryptor.update_into(plain, view)
             np.add.reduce(rows[: len(encryptors), :words], axis=0, out=total[:words])
             (np.subtract if subtract else np.add)(segment, total[:words], out=segment)

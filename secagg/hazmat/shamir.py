@@ -98,7 +98,9 @@ def split(
     """
     xs = _check_xs(xs)
     if not 1 <= threshold <= len(xs):
-        raise ValueError(f"threshold must lie in [1, {len(xs)}] for {len(xs)} holders, got {threshold}")
+        raise ValueError(
+            f"threshold must lie in [1, {len(xs)}] for {len(xs)} holders, got {threshold}"
+        )
     limbs = np.array([_secret_to_limbs(secret) for secret in secrets], dtype=np.uint64)
     count = limbs.size
     coefficients = _uniform_field_elements((threshold - 1) * count, random_bytes)

@@ -45,10 +45,14 @@ def verify(public_bytes: bytes, signature: bytes, message: bytes) -> None:
         ValueError: the public key is not 32 bytes or not a valid point encoding.
         InvalidAuthentication: the signature is not 64 bytes or does not verify.
     """
-    key = Ed25519PublicKey.from_public_bytes(require_bytes("public_bytes", public_bytes, PUBLIC_KEY_BYTES))
+    key = Ed25519PublicKey.from_public_bytes(
+        require_bytes("public_bytes", public_bytes, PUBLIC_KEY_BYTES)
+    )
     signature = require_bytes("signature", signature)
     if len(signature) != SIGNATURE_BYTES:
-        raise InvalidAuthentication(f"signature must be {SIGNATURE_BYTES} bytes, got {len(signature)}")
+        raise InvalidAuthentication(
+            f"signature must be {SIGNATURE_BYTES} bytes, got {len(signature)}"
+        )
     try:
         key.verify(signature, require_bytes("message", message))
     except InvalidSignature:

@@ -26,7 +26,9 @@ class Round:
         round_index: int = 0,
     ) -> None:
         rng = DeterministicRandom(seed)
-        self.signing_keys = {u: SigningKey.generate(rng) for u in range(1, n + 1)} if identities else {}
+        self.signing_keys = (
+            {u: SigningKey.generate(rng) for u in range(1, n + 1)} if identities else {}
+        )
         self.config = SecAggConfig.create(
             range(1, n + 1),
             length,
@@ -42,7 +44,9 @@ class Round:
             u: Client(self.config, u, signing_key=self.signing_keys.get(u), random_bytes=rng)
             for u in self.config.client_ids
         }
-        self.inputs = {u: (np.arange(length, dtype=np.int64) + 1) * u for u in self.config.client_ids}
+        self.inputs = {
+            u: (np.arange(length, dtype=np.int64) + 1) * u for u in self.config.client_ids
+        }
         for u, client in self.clients.items():
             client.set_input(self.inputs[u])
 
@@ -70,11 +74,15 @@ class Round:
     def expected_sum(self, contributors: Iterable[int]) -> np.ndarray:
         """The plaintext sum of the contributors' inputs in the ring."""
         total = sum(self.inputs[u] for u in contributors)
-        return (np.asarray(total).astype(np.uint64) & np.uint64(self.config.ring_mask)).astype(self.config.word_dtype)
+        return (np.asarray(total).astype(np.uint64) & np.uint64(self.config.ring_mask)).astype(
+            self.config.word_dtype
+        )
 
     def from_server(self, payload: messages.Payload, **header: object) -> bytes:
         """Encode a (possibly forged) server message for this session."""
-        fields = dict(session_id=self.config.session_id, round_index=self.config.round_index, sender=0)
+        fields = dict(
+            session_id=self.config.session_id, round_index=self.config.round_index, sender=0
+        )
         fields.update(header)
         return messages.encode(payload, **fields)
 

@@ -36,7 +36,9 @@ def test_refuses_to_reveal_both_shares_of_one_peer():
     honest = _unmask_request(r, 1, r.until_unmask())
     assert 2 in honest.alive
     lie = messages.UnmaskRequest(alive=honest.alive, dropped=tuple(sorted({*honest.dropped, 2})))
-    with pytest.raises(InconsistentRequest, match="both the self-mask share and the key share of client 2"):
+    with pytest.raises(
+        InconsistentRequest, match="both the self-mask share and the key share of client 2"
+    ):
         r.clients[1].receive(r.from_server(lie))
     assert r.clients[1].stage is ClientStage.ERROR
     with pytest.raises(LocalProtocolError):
@@ -84,7 +86,9 @@ def test_consistency_check_requires_t_valid_signatures():
     honest = _unmask_request(forged_r, 2, forged_r.until_unmask())
     signer, signature = honest.signatures[0]
     forged = messages.UnmaskRequest(
-        honest.alive, honest.dropped, ((signer, bytes([signature[0] ^ 1]) + signature[1:]), *honest.signatures[1:])
+        honest.alive,
+        honest.dropped,
+        ((signer, bytes([signature[0] ^ 1]) + signature[1:]), *honest.signatures[1:]),
     )
     with pytest.raises(AuthenticationFailed):
         forged_r.clients[2].receive(forged_r.from_server(forged))
@@ -104,7 +108,9 @@ def test_roster_with_a_stranger_or_sybil_is_refused():
     r = Round(10, threshold=3, neighbours=4)
     rosters = r.advertise()
     roster = messages.decode(rosters[1], max_bytes=1 << 20).payload
-    sybil = messages.KeyRoster((*roster.entries, messages.RosterEntry(999, b"\x09" * 32, b"\x0a" * 32)))
+    sybil = messages.KeyRoster(
+        (*roster.entries, messages.RosterEntry(999, b"\x09" * 32, b"\x0a" * 32))
+    )
     with pytest.raises(UnknownSender):
         r.clients[1].receive(r.from_server(sybil))
     r = Round(10, threshold=3, neighbours=4)
@@ -113,7 +119,12 @@ def test_roster_with_a_stranger_or_sybil_is_refused():
     neighbours = {e.client_id for e in roster.entries}
     stranger = min(set(range(2, 11)) - neighbours)
     forged = messages.KeyRoster(
-        tuple(sorted((*roster.entries, messages.RosterEntry(stranger, b"\x09" * 32, b"\x0a" * 32)), key=lambda e: e.client_id))
+        tuple(
+            sorted(
+                (*roster.entries, messages.RosterEntry(stranger, b"\x09" * 32, b"\x0a" * 32)),
+                key=lambda e: e.client_id,
+            )
+        )
     )
     with pytest.raises(InconsistentRequest, match="not a neighbour"):
         r.clients[1].receive(r.from_server(forged))
@@ -125,7 +136,12 @@ def test_roster_with_a_forged_key_signature_is_refused():
     roster = messages.decode(r.advertise()[1], max_bytes=1 << 20).payload
     first = roster.entries[0]
     mitm = SigningKey.generate(DeterministicRandom(9)).sign(b"anything")
-    forged = messages.KeyRoster((messages.RosterEntry(first.client_id, first.channel_key, first.mask_key, mitm), *roster.entries[1:]))
+    forged = messages.KeyRoster(
+        (
+            messages.RosterEntry(first.client_id, first.channel_key, first.mask_key, mitm),
+            *roster.entries[1:],
+        )
+    )
     with pytest.raises(AuthenticationFailed):
         r.clients[1].receive(r.from_server(forged))
     assert r.clients[1].stage is ClientStage.ERROR
@@ -146,7 +162,9 @@ def test_tampered_ciphertext_in_the_bundle_is_refused():
     bundles = r.step(r.advertise())
     bundle = messages.decode(bundles[1], max_bytes=1 << 20).payload
     sender, ciphertext = bundle.ciphertexts[0]
-    tampered = messages.ShareBundle(((sender, bytes([ciphertext[0] ^ 1]) + ciphertext[1:]), *bundle.ciphertexts[1:]))
+    tampered = messages.ShareBundle(
+        ((sender, bytes([ciphertext[0] ^ 1]) + ciphertext[1:]), *bundle.ciphertexts[1:])
+    )
     with pytest.raises(AuthenticationFailed):
         r.clients[1].receive(r.from_server(tampered))
 
@@ -157,7 +175,9 @@ def test_ciphertext_relayed_to_the_wrong_receiver_is_refused():
     bundles = r.step(r.advertise())
     for_two = dict(messages.decode(bundles[2], max_bytes=1 << 20).payload.ciphertexts)
     for_three = messages.decode(bundles[3], max_bytes=1 << 20).payload
-    swapped = messages.ShareBundle(tuple((s, for_two[s]) if s == 1 else (s, c) for s, c in for_three.ciphertexts))
+    swapped = messages.ShareBundle(
+        tuple((s, for_two[s]) if s == 1 else (s, c) for s, c in for_three.ciphertexts)
+    )
     with pytest.raises(AuthenticationFailed):
         r.clients[3].receive(r.from_server(swapped))
 

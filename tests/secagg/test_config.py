@@ -9,8 +9,12 @@ from secagg import ConfigurationError, SecAggConfig
 
 def _make(**overrides):
     fields = dict(
-        session_id=bytes(32), round_index=0, client_ids=tuple(range(1, 11)),
-        vector_length=100, threshold=6, neighbours=9,
+        session_id=bytes(32),
+        round_index=0,
+        client_ids=tuple(range(1, 11)),
+        vector_length=100,
+        threshold=6,
+        neighbours=9,
     )
     fields.update(overrides)
     return SecAggConfig(**fields)
@@ -56,9 +60,17 @@ def test_encode_decode_round_trip_and_digest_binds_every_field():
     base = _make(identities={i: bytes([i]) * 32 for i in range(1, 11)}, input_bound=5)
     assert SecAggConfig.decode(base.encode()) == base
     changes = [
-        {"session_id": b"\x01" * 32}, {"round_index": 1}, {"vector_length": 101},
-        {"threshold": 7}, {"ring_bits": 40}, {"input_bound": 6}, {"identities": None},
-        {"client_ids": tuple(range(2, 12)), "identities": {i: bytes([i]) * 32 for i in range(2, 12)}},
+        {"session_id": b"\x01" * 32},
+        {"round_index": 1},
+        {"vector_length": 101},
+        {"threshold": 7},
+        {"ring_bits": 40},
+        {"input_bound": 6},
+        {"identities": None},
+        {
+            "client_ids": tuple(range(2, 12)),
+            "identities": {i: bytes([i]) * 32 for i in range(2, 12)},
+        },
     ]
     digests = {dataclasses.replace(base, **change).digest for change in changes}
     assert base.digest not in digests

@@ -7,12 +7,19 @@ import secagg
 from secagg import Phase, ThresholdNotMet
 from secagg.randomness import DeterministicRandom
 
-PHASES_WITHOUT_IDENTITIES = [Phase.ADVERTISE_KEYS, Phase.SHARE_KEYS, Phase.MASKED_INPUT, Phase.UNMASK]
+PHASES_WITHOUT_IDENTITIES = [
+    Phase.ADVERTISE_KEYS,
+    Phase.SHARE_KEYS,
+    Phase.MASKED_INPUT,
+    Phase.UNMASK,
+]
 
 
 def _inputs(n, length, ring_bits, seed):
     generator = np.random.default_rng(seed)  # test data only, not protocol randomness
-    return {u: generator.integers(0, 2**ring_bits, length, dtype=np.uint64) for u in range(1, n + 1)}
+    return {
+        u: generator.integers(0, 2**ring_bits, length, dtype=np.uint64) for u in range(1, n + 1)
+    }
 
 
 def _plain_sum(inputs, contributors, ring_bits):
@@ -39,8 +46,11 @@ def test_sum_is_exact_with_dropouts_up_to_n_minus_t(n, graph, phase):
     if graph == "sparse":
         dropped = dropped[:1] if n == 10 else dropped[:3]
     result = secagg.aggregate(
-        inputs, threshold=threshold, neighbours=neighbours,
-        dropouts={phase: dropped}, rng=DeterministicRandom(n),
+        inputs,
+        threshold=threshold,
+        neighbours=neighbours,
+        dropouts={phase: dropped},
+        rng=DeterministicRandom(n),
     )
     if phase is Phase.UNMASK:
         assert result.contributors == frozenset(inputs)
@@ -60,7 +70,9 @@ def test_beyond_n_minus_t_dropouts_the_server_refuses(phase):
 def test_unmask_dropouts_beyond_tolerance_fail_the_round():
     """Too few unmask responses: the server raises rather than output a partially masked sum."""
     with pytest.raises(ThresholdNotMet):
-        secagg.aggregate(_inputs(6, 8, 32, 2), threshold=4, neighbours=5, dropouts={Phase.UNMASK: [1, 2, 3]})
+        secagg.aggregate(
+            _inputs(6, 8, 32, 2), threshold=4, neighbours=5, dropouts={Phase.UNMASK: [1, 2, 3]}
+        )
 
 
 @pytest.mark.parametrize("phase", list(Phase))
@@ -68,7 +80,11 @@ def test_identities_and_consistency_check(phase):
     """With identities, dropouts in every phase (consistency check included) still give the sum."""
     inputs = _inputs(12, 16, 32, seed=3)
     result = secagg.aggregate(
-        inputs, threshold=7, neighbours=11, identities=True, dropouts={phase: [2, 5]},
+        inputs,
+        threshold=7,
+        neighbours=11,
+        identities=True,
+        dropouts={phase: [2, 5]},
         rng=DeterministicRandom(3),
     )
     assert np.array_equal(result.total, _plain_sum(inputs, result.contributors, 32))
@@ -82,7 +98,9 @@ def test_every_ring_size(ring_bits):
     inputs = _inputs(5, 33, ring_bits, seed=ring_bits)
     result = secagg.aggregate(inputs, ring_bits=ring_bits, dropouts={Phase.MASKED_INPUT: [4]})
     assert result.total.dtype == (np.uint32 if ring_bits <= 32 else np.uint64)
-    assert np.array_equal(result.total.astype(np.uint64), _plain_sum(inputs, result.contributors, ring_bits))
+    assert np.array_equal(
+        result.total.astype(np.uint64), _plain_sum(inputs, result.contributors, ring_bits)
+    )
 
 
 def test_signed_inputs_wrap_as_twos_complement():

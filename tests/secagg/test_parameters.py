@@ -38,7 +38,10 @@ def test_small_cohorts_fall_back_to_a_majority_on_the_complete_graph():
 
 def test_more_dropouts_need_more_neighbours():
     """A higher expected dropout rate never shrinks the neighbourhood."""
-    assert recommend_parameters(500, dropout_rate=0.3).neighbours >= recommend_parameters(500).neighbours
+    assert (
+        recommend_parameters(500, dropout_rate=0.3).neighbours
+        >= recommend_parameters(500).neighbours
+    )
 
 
 def test_threshold_for_a_given_neighbourhood():
@@ -52,7 +55,11 @@ def test_threshold_for_a_given_neighbourhood():
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
-    [({"n": 1}, "n"), ({"n": 10, "dropout_rate": 1.0}, "dropout_rate"), ({"n": 10, "corrupt_fraction": 0.5}, "corrupt_fraction")],
+    [
+        ({"n": 1}, "n"),
+        ({"n": 10, "dropout_rate": 1.0}, "dropout_rate"),
+        ({"n": 10, "corrupt_fraction": 0.5}, "corrupt_fraction"),
+    ],
 )
 def test_bad_arguments(kwargs, field):
     """Out-of-range arguments raise ValueError naming the argument."""

@@ -157,7 +157,9 @@ def test_a_lying_client_share_is_caught_not_summed():
     honest = messages.decode(r.clients[3].receive(requests[3]), max_bytes=1 << 20).payload
     owner, share = honest.self_mask_shares[0]
     bad_share = (int.from_bytes(share[:4], "little") ^ 1).to_bytes(4, "little") + share[4:]
-    lying = messages.UnmaskResponse(((owner, bad_share), *honest.self_mask_shares[1:]), honest.key_shares)
+    lying = messages.UnmaskResponse(
+        ((owner, bad_share), *honest.self_mask_shares[1:]), honest.key_shares
+    )
     r.server.receive(r.from_client(lying, 3))
     with pytest.raises(InconsistentShares):
         r.server.close_phase()

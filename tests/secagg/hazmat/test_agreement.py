@@ -38,7 +38,9 @@ def test_rfc7748_section_5_2_scalar_multiplication():
     [
         bytes(32),  # u = 0
         (1).to_bytes(32, "little"),  # u = 1
-        bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),  # order 8
+        bytes.fromhex(
+            "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"
+        ),  # order 8
     ],
 )
 def test_all_zero_shared_secret_is_rejected(low_order_point):

@@ -21,9 +21,15 @@ from secagg.randomness import DeterministicRandom
 def test_any_t_shares_reconstruct(secret, holders, data):
     """Correctness: every subset of exactly t shares interpolates the secret."""
     threshold = data.draw(st.integers(1, holders))
-    xs = data.draw(st.lists(st.integers(1, shamir.PRIME - 1), min_size=holders, max_size=holders, unique=True))
+    xs = data.draw(
+        st.lists(st.integers(1, shamir.PRIME - 1), min_size=holders, max_size=holders, unique=True)
+    )
     shares = shamir.split([secret], threshold=threshold, xs=xs, random_bytes=os.urandom)
-    subset = data.draw(st.lists(st.sampled_from(range(holders)), min_size=threshold, max_size=threshold, unique=True))
+    subset = data.draw(
+        st.lists(
+            st.sampled_from(range(holders)), min_size=threshold, max_size=threshold, unique=True
+        )
+    )
     assert shamir.reconstruct({xs[i]: shares[i][0] for i in subset}, threshold=threshold) == secret
 
 
@@ -33,7 +39,9 @@ def test_every_subset_of_t_reconstructs_several_secrets():
     xs = [3, 5, 8, 13, 21, 34]
     shares = shamir.split(secrets, threshold=3, xs=xs, random_bytes=os.urandom)
     for subset in itertools.combinations(range(6), 3):
-        got = shamir.reconstruct_many([xs[i] for i in subset], [[shares[i][s] for i in subset] for s in range(2)])
+        got = shamir.reconstruct_many(
+            [xs[i] for i in subset], [[shares[i][s] for i in subset] for s in range(2)]
+        )
         assert got == secrets
 
 
@@ -56,9 +64,13 @@ def test_t_minus_one_shares_are_uniform_whatever_the_secret(secret):
     (the seeded source makes the run reproducible).
     """
     count = 8000
-    shares = shamir.split([secret] * count, threshold=3, xs=[1, 2, 3, 4], random_bytes=DeterministicRandom(secret))
+    shares = shamir.split(
+        [secret] * count, threshold=3, xs=[1, 2, 3, 4], random_bytes=DeterministicRandom(secret)
+    )
     first = np.array([np.frombuffer(shares[0][i], "<u4")[0] for i in range(count)], dtype=np.uint64)
-    second = np.array([np.frombuffer(shares[1][i], "<u4")[0] for i in range(count)], dtype=np.uint64)
+    second = np.array(
+        [np.frombuffer(shares[1][i], "<u4")[0] for i in range(count)], dtype=np.uint64
+    )
     cells = (first * 4 // shamir.PRIME) * 4 + second * 4 // shamir.PRIME
     observed = np.bincount(cells.astype(np.int64), minlength=16)
     expected = count / 16
@@ -86,7 +98,9 @@ def test_lagrange_coefficients_are_cached_per_responder_set():
 def test_corrupted_shares_are_detected_or_rejected():
     """Out-of-field values are rejected; duplicate x-coordinates are rejected."""
     with pytest.raises(ValueError):
-        shamir.reconstruct({1: b"\xff" * shamir.SHARE_BYTES, 2: bytes(shamir.SHARE_BYTES)}, threshold=2)
+        shamir.reconstruct(
+            {1: b"\xff" * shamir.SHARE_BYTES, 2: bytes(shamir.SHARE_BYTES)}, threshold=2
+        )
     with pytest.raises(ValueError):
         shamir.split([bytes(32)], threshold=2, xs=[1, 1], random_bytes=os.urandom)
     with pytest.raises(ValueError):

@@ -1,0 +1,79 @@
+"""Terminal rendering for the CLI: progress bars and tables (rich)."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import secagg
+from fl.demo import DemoOutcome
+
+__all__ = ["phase_progress", "render_aggregation"]
+
+
+@contextmanager
+def phase_progress(console: Console) -> Iterator[secagg.ProgressCallback]:
+    """A progress bar per protocol phase; yields the callback to pass to the round."""
+    columns = (
+        TextColumn("{task.description:<18}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    tasks: dict[secagg.Phase, int] = {}
+    with Progress(*columns, console=console, transient=False) as progress:
+
+        def update(phase: secagg.Phase, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = progress.add_task(phase.value, total=total)
+            progress.update(tasks[phase], completed=done)
+
+        yield update
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:,.0f} {unit}" if unit == "B" else f"{count:,.1f} {unit}"
+        count /= 1000
+    raise AssertionError("unreachable")
+
+
+def render_aggregation(console: Console, outcome: DemoOutcome) -> None:
+    """Print the per-phase table and the verdict of a demo round."""
+    result = outcome.result
+    table = Table(title="Secure aggregation, phase by phase", title_justify="left")
+    for heading in ("phase", "wall s", "clients -> server", "server -> clients"):
+        table.add_column(heading, justify="left" if heading == "phase" else "right")
+    for phase, seconds in result.phase_seconds.items():
+        table.add_row(
+            phase.value,
+            f"{seconds:.3f}",
+            _size(result.phase_bytes_up[phase]),
+            _size(result.phase_bytes_down[phase]),
+        )
+    console.print(table)
+    contributors = sorted(result.contributors)
+    config = result.config
+    up = [result.bytes_sent[u] for u in contributors]
+    plain = config.vector_length * config.word_dtype.itemsize
+    console.print(
+        f"contributors: {len(contributors)} of {config.num_clients}, dropped: "
+        f"{len(result.dropped)} {sorted(result.dropped)[:12]}{' ...' if len(result.dropped) > 12 else ''}"
+    )
+    console.print(
+        f"client compute: median {statistics.median(result.client_seconds[u] for u in contributors):.3f} s"
+        f", server compute: {result.server_seconds:.3f} s, "
+        f"round: {sum(result.phase_seconds.values()):.2f} s"
+    )
+    console.print(
+        f"bytes up per client: {_size(statistics.median(up))} "
+        f"(plaintext vector {_size(plain)}, x{statistics.median(up) / plain:.3f})"
+    )
+    verdict = "[bold green]yes[/]" if outcome.correct else "[bold red]NO[/]"
+    console.print(f"unmasked sum equals the plaintext sum of the contributors' inputs: {verdict}")

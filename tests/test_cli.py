@@ -1,0 +1,76 @@
+"""The privagg command line: the demo runs and reports a correct sum; bad flags fail clearly."""
+
+import subprocess
+import sys
+
+import pytest
+
+from fl.cli import main
+
+
+def test_aggregate_demo_reports_a_correct_sum(capsys):
+    """`privagg aggregate` with small arguments prints each phase and a verified sum."""
+    status = main(
+        ["aggregate", "--clients", "12", "--dim", "500", "--dropout", "0.25", "--seed", "1"]
+    )
+    out = capsys.readouterr().out
+    assert status == 0
+    for phase in ("advertise-keys", "share-keys", "masked-input", "consistency-check", "unmask"):
+        assert phase in out
+    assert "equals the plaintext sum of the contributors' inputs: yes" in out
+    assert "contributors: 9 of 12" in out
+
+
+def test_too_many_dropouts_fail_without_a_traceback(capsys):
+    """Beyond the threshold the round fails with an explanation and exit status 1."""
+    status = main(
+        [
+            "aggregate",
+            "--clients",
+            "6",
+            "--dim",
+            "10",
+            "--dropout",
+            "0.6",
+            "--dropout-phase",
+            "share-keys",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "round failed" in out and "threshold" in out
+    assert "Traceback" not in out
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--dropout", "1.5"], "must lie in [0, 1)"),
+        (["--clients", "0"], "positive integer"),
+        (["--dropout-phase", "later"], "invalid choice"),
+    ],
+)
+def test_bad_flags_are_refused_by_the_parser(flags, message, capsys):
+    """argparse rejects invalid values with exit status 2 and names the problem."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["aggregate", *flags])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_protocol_parameters_are_reported(capsys):
+    """Parameters the protocol cannot use are reported with the fix, exit status 2."""
+    status = main(["aggregate", "--clients", "5", "--dim", "4", "--threshold", "9"])
+    assert status == 2
+    assert "threshold must lie in" in capsys.readouterr().out
+
+
+def test_console_script_help():
+    """The installed entry point answers --help."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "fl.cli", "aggregate", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "--dropout-phase" in completed.stdout
