@@ -16,6 +16,7 @@ import itertools
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import ClassVar
 
 import numpy as np
@@ -58,8 +59,8 @@ _U32 = struct.Struct(">I")
 class _Reader:
     """Cursor over a body; every read checks the remaining length."""
 
-    def __init__(self, data: bytes) -> None:
-        self._data = memoryview(data)
+    def __init__(self, data: memoryview) -> None:
+        self._data = data
         self._offset = 0
 
     def take(self, size: int, what: str) -> bytes:
@@ -110,9 +111,10 @@ def _check_len(value: bytes, size: int | tuple[int, ...], what: str) -> None:
         raise ValueError(f"{what} must be {' or '.join(map(str, sizes))} bytes")
 
 
-def _check_share(share: bytes, what: str) -> None:
-    _check_len(share, shamir.SHARE_BYTES, what)
-    if np.any(np.frombuffer(share, dtype="<u4") >= shamir.PRIME):
+def _check_shares(shares: Sequence[bytes], what: str) -> None:
+    if any(type(share) is not bytes or len(share) != shamir.SHARE_BYTES for share in shares):
+        raise ValueError(f"{what} must be {shamir.SHARE_BYTES} bytes each")
+    if shares and np.any(np.frombuffer(b"".join(shares), dtype="<u4") >= shamir.PRIME):
         raise ValueError(f"{what} holds a value outside the Shamir field")
 
 
@@ -126,13 +128,18 @@ def _pack_pairs(pairs: Sequence[tuple[int, bytes]]) -> bytes:
 
 def _read_pairs(reader: _Reader, size: int, what: str) -> tuple[tuple[int, bytes], ...]:
     count = reader.count(4 + size, what)
-    return tuple((reader.u32(what), reader.take(size, what)) for _ in range(count))
+    block = reader.take(count * (4 + size), what)
+    step = 4 + size
+    return tuple(
+        (int.from_bytes(block[i : i + 4], "big"), block[i + 4 : i + step])
+        for i in range(0, len(block), step)
+    )
 
 
 def _check_pairs(pairs: Sequence[tuple[int, bytes]], size: int, what: str) -> None:
     _check_ids([i for i, _ in pairs], what)
-    for _, blob in pairs:
-        _check_len(blob, size, what)
+    if any(type(blob) is not bytes or len(blob) != size for _, blob in pairs):
+        raise ValueError(f"{what} entries must be {size} bytes each")
 
 
 @dataclass(frozen=True)
@@ -182,6 +189,17 @@ class RosterEntry:
         _check_len(self.mask_key, KEY_BYTES, "mask_key")
         _check_len(self.key_signature, (0, SIGNATURE_BYTES), "key_signature")
 
+    @cached_property
+    def encoded(self) -> bytes:
+        """Wire form; cached because the server sends one entry to each of k neighbours."""
+        return (
+            _U32.pack(self.client_id)
+            + self.channel_key
+            + self.mask_key
+            + bytes([len(self.key_signature)])
+            + self.key_signature
+        )
+
 
 @dataclass(frozen=True)
 class KeyRoster:
@@ -194,14 +212,7 @@ class KeyRoster:
         _check_ids([e.client_id for e in self.entries], "roster")
 
     def encode(self) -> bytes:
-        return _U32.pack(len(self.entries)) + b"".join(
-            _U32.pack(e.client_id)
-            + e.channel_key
-            + e.mask_key
-            + bytes([len(e.key_signature)])
-            + e.key_signature
-            for e in self.entries
-        )
+        return _U32.pack(len(self.entries)) + b"".join(e.encoded for e in self.entries)
 
     @classmethod
     def decode(cls, reader: _Reader) -> KeyRoster:
@@ -376,8 +387,7 @@ class UnmaskResponse:
             ("key_shares", self.key_shares),
         ):
             _check_ids([i for i, _ in pairs], name)
-            for _, share in pairs:
-                _check_share(share, name)
+            _check_shares([share for _, share in pairs], name)
 
     def encode(self) -> bytes:
         return _pack_pairs(self.self_mask_shares) + _pack_pairs(self.key_shares)
@@ -429,7 +439,7 @@ class Envelope:
     sender: int
     payload: Payload
     signature: bytes
-    signed_bytes: bytes
+    signed_bytes: memoryview
 
 
 def encode(
@@ -506,10 +516,11 @@ def decode(data: bytes, *, max_bytes: int) -> Envelope:
             sender=sender,
         )
     end = _HEADER.size + body_len
-    reader = _Reader(data[_HEADER.size : end])
+    view = memoryview(data)
+    reader = _Reader(view[_HEADER.size : end])
     try:
         payload = _PAYLOADS[message_type].decode(reader)
         reader.finish()
     except (ValueError, struct.error) as error:
         raise MalformedMessage(f"invalid {message_type.name}: {error}", sender=sender) from None
-    return Envelope(message_type, session_id, round_index, sender, payload, data[end:], data[:end])
+    return Envelope(message_type, session_id, round_index, sender, payload, data[end:], view[:end])

@@ -7,10 +7,10 @@ holders) with threshold ``t``. Two conditions pick ``(k, t)``:
 * **Security.** A server that lies about who dropped out asks some holders for the self-mask
   share and others for the key share of the same client; honest holders answer only one of
   the two, while ``c`` colluding holders answer both. Learning both secrets then needs
-  ``(t - c) + (t - c) <= m - c``, so ``2t > m + c`` makes it impossible (Bonawitz et al. 2017,
-  Thm. 6.5 gives the complete-graph form ``t > (n + n_C) / 2``); ``t > c`` stops the colluders
-  alone. In a sparse graph drawn at random, ``c`` is the number of corrupt neighbours of an
-  honest client, ``Binomial(k, gamma)`` for a corrupt fraction ``gamma``; it must stay below
+  ``(t - c) + (t - c) <= m - c``, so ``2t > m + c`` makes it impossible. This is the
+  complete-graph condition ``t > (n + n_C) / 2`` of Bonawitz et al. 2017 (Sec. 6, stated there as
+  ``t > 2n/3`` with ``n_C < n/3`` colluding clients); ``t > c`` stops the colluders alone.
+  In a sparse graph drawn at random, ``c`` is the number of corrupt neighbours of an honest client, ``Binomial(k, gamma)`` for a corrupt fraction ``gamma``; it must stay below
   the bound except with probability ``2^-security_bits / n`` (union over clients), as in the
   analysis of Bell et al. 2020 (Sec. 3-4).
 * **Correctness.** A client that drops after sharing needs ``t`` live holders among its ``k``

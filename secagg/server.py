@@ -90,7 +90,7 @@ class Server:
         self._stage = ServerStage.COLLECTING_KEYS
         self._error: SecAggError | None = None
         self._expected: frozenset[int] = frozenset(config.client_ids)
-        self._inbox: dict[int, messages.Payload] = {}
+        self._inbox: dict[int, messages.Payload | None] = {}
         self._adverts: dict[int, messages.AdvertiseKeys] = {}
         self._key_owners: dict[bytes, int] = {}
         self._rosters: dict[int, frozenset[int]] = {}
@@ -165,13 +165,15 @@ class Server:
             MessageType.CONSISTENCY_SIGNATURE: self._check_consistency,
             MessageType.UNMASK_RESPONSE: self._check_unmask,
         }[kind](sender, envelope.payload)
+        payload: messages.Payload | None = envelope.payload
         if kind is MessageType.MASKED_INPUT:
             np.add(self._sum, envelope.payload.vector(), out=self._sum)
+            payload = None  # summed already: keep memory O(d), not O(n d)
         if kind is MessageType.ADVERTISE_KEYS:
             self._key_owners.update(
                 dict.fromkeys((envelope.payload.channel_key, envelope.payload.mask_key), sender)
             )
-        self._inbox[sender] = envelope.payload
+        self._inbox[sender] = payload
         return sender
 
     def close_phase(self) -> dict[int, bytes]:
@@ -322,21 +324,15 @@ class Server:
     def _close_keys(self) -> dict[int, messages.Payload]:
         advertised = self._viable(frozenset(self._inbox), Phase.ADVERTISE_KEYS)
         self._adverts = {u: self._inbox[u] for u in advertised}
+        entries = {
+            v: messages.RosterEntry(v, advert.channel_key, advert.mask_key, advert.key_signature)
+            for v, advert in self._adverts.items()
+        }
         outgoing = {}
         for u in sorted(advertised):
             peers = sorted(self._graph[u] & advertised)
             self._rosters[u] = frozenset(peers)
-            outgoing[u] = messages.KeyRoster(
-                tuple(
-                    messages.RosterEntry(
-                        v,
-                        self._adverts[v].channel_key,
-                        self._adverts[v].mask_key,
-                        self._adverts[v].key_signature,
-                    )
-                    for v in peers
-                )
-            )
+            outgoing[u] = messages.KeyRoster(tuple(entries[v] for v in peers))
         return outgoing
 
     def _close_shares(self) -> dict[int, messages.Payload]:

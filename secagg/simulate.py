@@ -127,9 +127,8 @@ def aggregate(
         >>> result.total.tolist()
         [3, 4, 5, 6]
     """
-    by_id = (
-        dict(inputs.items()) if isinstance(inputs, Mapping) else dict(enumerate(inputs, start=1))
-    )
+    # a Mapping is read lazily, one client at a time, so inputs may be generated on demand
+    by_id = inputs if isinstance(inputs, Mapping) else dict(enumerate(inputs, start=1))
     ids = sorted(by_id)
     length = len(np.asarray(by_id[ids[0]])) if ids else 0
     signing_keys = {u: SigningKey.generate(rng) for u in ids} if identities else {}
@@ -183,7 +182,7 @@ def aggregate(
                 if phase is Phase.ADVERTISE_KEYS:
                     reply = clients[u].advertise_keys()
                 else:
-                    if phase is Phase.SHARE_KEYS:
+                    if phase is Phase.MASKED_INPUT:  # given late: only one input in memory
                         clients[u].set_input(by_id[u])
                     reply = clients[u].receive(message)
             except ThresholdNotMet:

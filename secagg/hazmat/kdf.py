@@ -14,6 +14,7 @@ from secagg.hazmat._checks import require_bytes
 __all__ = ["DOMAIN", "derive", "hkdf_sha256"]
 
 DOMAIN = b"privagg/secagg/v1"
+_SHA256 = hashes.SHA256()
 
 
 def hkdf_sha256(
@@ -37,4 +38,6 @@ def derive(secret: bytes, *, label: bytes, context: bytes, length: int = 32) -> 
     if not label or b"\x00" in label:
         raise ValueError("label must be non-empty and free of NUL bytes")
     info = DOMAIN + b"\x00" + label + b"\x00" + require_bytes("context", context)
-    return hkdf_sha256(secret, info=info, length=length)
+    return HKDF(algorithm=_SHA256, length=length, salt=None, info=info).derive(
+        require_bytes("secret", secret)
+    )

@@ -41,6 +41,7 @@ SHARE_BYTES = 4 * LIMBS
 _LIMB_MASK = (1 << _LIMB_BITS) - 1
 _TOP_LIMB_BITS = SECRET_BYTES * 8 - _LIMB_BITS * (LIMBS - 1)
 _P = np.uint64(PRIME)
+_SHIFT = np.uint64(31)
 _SHARE_DTYPE = np.dtype("<u4")
 
 
@@ -78,6 +79,13 @@ def _uniform_field_elements(count: int, random_bytes: Callable[[int], bytes]) ->
     return values
 
 
+def _fold(values: np.ndarray, scratch: np.ndarray) -> None:
+    """values <- (values & p) + (values >> 31), in place: congruent mod p since 2^31 = 1 (mod p)."""
+    np.bitwise_and(values, _P, out=scratch)
+    np.right_shift(values, _SHIFT, out=values)
+    values += scratch
+
+
 def split(
     secrets: Sequence[bytes],
     *,
@@ -107,9 +115,15 @@ def split(
     coefficients = coefficients.reshape(threshold - 1, len(secrets), LIMBS)
     x = np.array(xs, dtype=np.uint64).reshape(-1, 1, 1)
     acc = np.zeros((len(xs), len(secrets), LIMBS), dtype=np.uint64)
+    scratch = np.empty_like(acc)
     for coefficient in coefficients[::-1]:  # Horner: highest degree first
-        acc = (acc + coefficient) % _P * x % _P
-    acc = (acc + limbs) % _P
+        acc += coefficient  # < 2^32 + 8
+        acc *= x  # < 2^63 + 2^34: no overflow
+        _fold(acc, scratch)
+        _fold(acc, scratch)  # < 2^31 + 5, congruent mod p
+    acc += limbs
+    _fold(acc, scratch)
+    acc[acc >= _P] -= _P
     encoded = acc.astype(_SHARE_DTYPE)
     return [[encoded[h, s].tobytes() for s in range(len(secrets))] for h in range(len(xs))]
 

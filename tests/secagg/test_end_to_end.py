@@ -133,3 +133,13 @@ def test_fresh_randomness_gives_fresh_masks_each_round():
         client.set_input(inputs[1])
         seen.append(client.advertise_keys())
     assert len(set(seen)) == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", list(Phase))
+def test_large_cohort_with_identities(phase):
+    """The exact-sum property for 300 clients on the recommended SecAgg+ graph, with identities."""
+    inputs = _inputs(300, 256, 32, seed=300)
+    result = secagg.aggregate(inputs, identities=True, dropouts={phase: list(range(1, 301, 10))})
+    assert not result.config.complete_graph
+    assert np.array_equal(result.total, _plain_sum(inputs, result.contributors, 32))

@@ -67,11 +67,9 @@ def test_round_trip(payload, header):
     assert envelope.sender == header["sender"]
 
 
-@settings(max_examples=500, deadline=None)
-@given(payload=payloads, header=headers, data=st.data())
-def test_mutated_messages_raise_only_typed_errors(payload, header, data):
-    """Fuzzing: truncation, extension and byte flips raise MalformedMessage or decode to a valid
-    message, never any other exception."""
+def _mutate_and_decode(payload, header, data):
+    """Truncate, extend, flip or splice an encoded message; decoding must either raise
+    MalformedMessage or yield a message whose encoding is exactly the mutated bytes."""
     encoded = bytearray(messages.encode(payload, **header))
     mutation = data.draw(st.sampled_from(["truncate", "extend", "flip", "splice"]))
     if mutation == "truncate":
@@ -88,12 +86,28 @@ def test_mutated_messages_raise_only_typed_errors(payload, header, data):
         envelope = messages.decode(bytes(encoded), max_bytes=1 << 20)
     except MalformedMessage:
         return
-    assert messages.encode(
+    reencoded = messages.encode(
         envelope.payload,
         session_id=envelope.session_id,
         round_index=envelope.round_index,
         sender=envelope.sender,
-    ) == bytes(encoded)
+    )
+    assert reencoded == bytes(encoded)
+
+
+@settings(max_examples=500, deadline=None)
+@given(payload=payloads, header=headers, data=st.data())
+def test_mutated_messages_raise_only_typed_errors(payload, header, data):
+    """Fuzzing: mutated messages raise MalformedMessage or decode canonically, nothing else."""
+    _mutate_and_decode(payload, header, data)
+
+
+@pytest.mark.slow
+@settings(max_examples=20_000, deadline=None)
+@given(payload=payloads, header=headers, data=st.data())
+def test_mutated_messages_long_fuzzing_profile(payload, header, data):
+    """The mutation fuzzing above with 40x more examples (run with ``pytest -m slow``)."""
+    _mutate_and_decode(payload, header, data)
 
 
 @settings(max_examples=300, deadline=None)
