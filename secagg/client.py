@@ -194,9 +194,10 @@ class Client:
         transition = CLIENT_TRANSITIONS.get((self._stage, envelope.kind))
         identities = self.config.identities is not None
         if transition is None or transition[1] not in (None, identities):
+            needs_check = identities and self._stage is ClientStage.INPUT_MASKED
             raise UnexpectedPhase(
                 f"{envelope.kind.name} is not expected while the client is {self._stage.value}"
-                + (" (identities require the consistency check first)" if identities else ""),
+                + (" (identities require the consistency check first)" if needs_check else ""),
                 sender=0,
             )
         handler: Callable[[messages.Payload], messages.Payload] = {
