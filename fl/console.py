@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -12,8 +12,17 @@ from rich.table import Table
 
 import secagg
 from fl.demo import DemoOutcome
+from fl.report import RoundMetrics
+from fl.simulation import RunResult
 
-__all__ = ["phase_progress", "render_aggregation"]
+__all__ = [
+    "phase_progress",
+    "render_aggregation",
+    "render_run",
+    "round_header",
+    "round_progress",
+    "round_row",
+]
 
 
 @contextmanager
@@ -77,3 +86,67 @@ def render_aggregation(console: Console, outcome: DemoOutcome) -> None:
     )
     verdict = "[bold green]yes[/]" if outcome.correct else "[bold red]NO[/]"
     console.print(f"unmasked sum equals the plaintext sum of the contributors' inputs: {verdict}")
+
+
+_ROUND_COLUMNS = (
+    "round",
+    "accuracy",
+    "loss",
+    "sampled",
+    "dropped",
+    "bytes up",
+    "secagg s",
+    "train s",
+)
+_ROUND_FORMAT = "{:>5}  {:>8}  {:>6}  {:>7}  {:>7}  {:>10}  {:>8}  {:>7}"
+
+
+def round_header() -> str:
+    """The header line of the per-round table."""
+    return _ROUND_FORMAT.format(*_ROUND_COLUMNS)
+
+
+def round_row(metrics: RoundMetrics) -> str:
+    """One line of the per-round table."""
+    row = _ROUND_FORMAT.format(
+        metrics.round,
+        f"{100 * metrics.accuracy:.1f}%",
+        f"{metrics.loss:.3f}",
+        metrics.sampled,
+        metrics.dropped,
+        _size(metrics.bytes_up),
+        f"{metrics.secagg_seconds:.3f}",
+        f"{metrics.train_seconds:.2f}",
+    )
+    return row + ("  [red]aggregation failed: too many dropouts[/]" if metrics.failed else "")
+
+
+@contextmanager
+def round_progress(
+    console: Console, *, total: int, done: int
+) -> Iterator[Callable[[RoundMetrics], None]]:
+    """A progress bar over rounds that prints each round's row above it; yields the callback."""
+    columns = (TextColumn("rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("rounds", total=total, completed=done)
+
+        def update(metrics: RoundMetrics) -> None:
+            progress.console.print(round_row(metrics), highlight=False)
+            progress.update(task, completed=metrics.round)
+
+        yield update
+
+
+def render_run(console: Console, result: RunResult) -> None:
+    """The closing lines of ``privagg run``: final accuracy, time, and the files written."""
+    summary = result.summary
+    accuracy = summary["final_accuracy"]
+    console.print(
+        f"final test accuracy: [bold]{100 * accuracy:.1f}%[/] after {summary['rounds']} rounds "
+        f"({summary['failed_rounds']} failed), wall time {summary['wall_seconds']:.1f} s "
+        f"(training {summary['train_seconds']:.1f} s, secure aggregation {summary['secagg_seconds']:.1f} s)"
+    )
+    files = ", ".join(
+        name for name in ("config.toml", "metrics.jsonl", "summary.json", "training.png")
+    )
+    console.print(f"written to {result.out}/: {files}")

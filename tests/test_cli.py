@@ -74,3 +74,47 @@ def test_console_script_help():
         check=True,
     )
     assert "--dropout-phase" in completed.stdout
+
+
+def test_run_writes_the_four_output_files(tmp_path, capsys):
+    """`privagg run` with small arguments prints the per-round table and writes its outputs."""
+    out = tmp_path / "run"
+    status = main(["run", "--clients", "4", "--rounds", "2", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert status == 0
+    assert "round  accuracy" in printed and "final test accuracy" in printed
+    for name in ("config.toml", "metrics.jsonl", "summary.json", "training.png"):
+        assert (out / name).is_file()
+
+
+def test_run_resume_continues_the_same_folder(tmp_path, capsys):
+    """--resume with more rounds continues where the run stopped."""
+    out = tmp_path / "run"
+    assert main(["run", "--clients", "4", "--rounds", "1", "--out", str(out)]) == 0
+    assert main(["run", "--rounds", "2", "--resume", "--out", str(out)]) == 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--rounds", "-1"], "training.rounds = -1 is invalid"),
+        (["--fraction", "1.5"], "training.fraction = 1.5 is invalid"),
+        (["--config", "missing.toml"], "an existing TOML file"),
+        (["--clients", "3", "--alpha", "0"], "data.alpha = 0.0 is invalid"),
+    ],
+)
+def test_run_bad_values_fail_before_training(flags, message, capsys, tmp_path):
+    """Invalid settings: exit status 2, the key and value named, no traceback."""
+    status = main(["run", *flags, "--out", str(tmp_path / "x")])
+    printed = capsys.readouterr().out
+    assert status == 2
+    assert message in " ".join(printed.split())
+    assert "Traceback" not in printed
+
+
+def test_run_unknown_model_is_refused_by_the_parser(capsys):
+    """Enumerated flags list the allowed values."""
+    with pytest.raises(SystemExit):
+        main(["run", "--model", "rnn"])
+    assert "choose from 'mlp', 'cnn'" in capsys.readouterr().err

@@ -1,0 +1,381 @@
+"""One validated, frozen configuration for a federated run: TOML in, CLI overrides, TOML out."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from fl.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = [
+    "DataConfig",
+    "Dataset",
+    "Device",
+    "ModelConfig",
+    "ModelName",
+    "Optimizer",
+    "Partition",
+    "RunConfig",
+    "SecureConfig",
+    "TrainingConfig",
+    "load_config",
+    "parse_toml",
+]
+
+
+class Dataset(str, Enum):
+    """Where the examples come from."""
+
+    DIGITS = "digits"  # scikit-learn's 8x8 handwritten digits (ships with the package)
+    SYNTHETIC = "synthetic"  # a seeded Gaussian mixture, any size
+    NPZ = "npz"  # arrays x, y from a local .npz file
+
+
+class Partition(str, Enum):
+    """How the training examples are split among clients."""
+
+    IID = "iid"
+    DIRICHLET = "dirichlet"
+
+
+class ModelName(str, Enum):
+    """The reference models."""
+
+    MLP = "mlp"
+    CNN = "cnn"
+
+
+class Optimizer(str, Enum):
+    """The local optimiser."""
+
+    SGD = "sgd"
+    ADAM = "adam"
+
+
+class Device(str, Enum):
+    """Where local training runs; ``auto`` picks CUDA when available."""
+
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+def _require(condition: bool, key: str, value: object, allowed: str) -> None:
+    if not condition:
+        raise ConfigError(key, value, allowed)
+
+
+def _enum(enum: type[Enum], key: str, value: object) -> Enum:
+    try:
+        return enum(value)
+    except ValueError:
+        raise ConfigError(key, value, "one of " + ", ".join(e.value for e in enum)) from None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The data set, its train/test split and the partition among clients."""
+
+    dataset: Dataset = Dataset.DIGITS
+    path: str | None = None
+    partition: Partition = Partition.DIRICHLET
+    alpha: float = 0.5
+    test_fraction: float = 0.25
+    synthetic_samples: int = 3000
+    synthetic_features: int = 64
+    synthetic_classes: int = 10
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dataset", _enum(Dataset, "data.dataset", self.dataset))
+        object.__setattr__(self, "partition", _enum(Partition, "data.partition", self.partition))
+        _require(
+            self.alpha > 0 and math.isfinite(self.alpha),
+            "data.alpha",
+            self.alpha,
+            "a positive number",
+        )
+        _require(
+            0 < self.test_fraction < 1,
+            "data.test_fraction",
+            self.test_fraction,
+            "a number in (0, 1)",
+        )
+        _require(
+            self.dataset is not Dataset.NPZ or bool(self.path),
+            "data.path",
+            self.path,
+            "the path of a .npz file with arrays x and y (data.dataset = npz)",
+        )
+        _require(
+            self.synthetic_samples >= 20,
+            "data.synthetic_samples",
+            self.synthetic_samples,
+            "an integer >= 20",
+        )
+        _require(
+            self.synthetic_features >= 1,
+            "data.synthetic_features",
+            self.synthetic_features,
+            "an integer >= 1",
+        )
+        _require(
+            self.synthetic_classes >= 2,
+            "data.synthetic_classes",
+            self.synthetic_classes,
+            "an integer >= 2",
+        )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The reference model to train (any ``nn.Module`` can be passed from Python instead)."""
+
+    name: ModelName = ModelName.MLP
+    hidden: int = 64
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", _enum(ModelName, "model.name", self.name))
+        _require(self.hidden >= 1, "model.hidden", self.hidden, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Rounds, cohort sampling and local training."""
+
+    rounds: int = 20
+    clients: int = 10
+    fraction: float = 1.0
+    min_clients: int = 3
+    local_epochs: int = 2
+    batch_size: int = 16
+    learning_rate: float = 0.1
+    optimizer: Optimizer = Optimizer.SGD
+    momentum: float = 0.0
+    server_learning_rate: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "optimizer", _enum(Optimizer, "training.optimizer", self.optimizer)
+        )
+        _require(self.rounds >= 1, "training.rounds", self.rounds, "an integer >= 1")
+        _require(self.clients >= 2, "training.clients", self.clients, "an integer >= 2")
+        _require(0 < self.fraction <= 1, "training.fraction", self.fraction, "a number in (0, 1]")
+        _require(
+            2 <= self.min_clients <= self.clients,
+            "training.min_clients",
+            self.min_clients,
+            f"an integer in [2, training.clients = {self.clients}]",
+        )
+        _require(
+            self.local_epochs >= 1, "training.local_epochs", self.local_epochs, "an integer >= 1"
+        )
+        _require(self.batch_size >= 1, "training.batch_size", self.batch_size, "an integer >= 1")
+        _require(
+            self.learning_rate > 0,
+            "training.learning_rate",
+            self.learning_rate,
+            "a positive number",
+        )
+        _require(0 <= self.momentum < 1, "training.momentum", self.momentum, "a number in [0, 1)")
+        _require(
+            self.server_learning_rate > 0,
+            "training.server_learning_rate",
+            self.server_learning_rate,
+            "a positive number (1.0 is FedAvg)",
+        )
+
+    @property
+    def cohort_size(self) -> int:
+        """Clients sampled per round: the fraction of clients, at least ``min_clients``."""
+        return min(self.clients, max(self.min_clients, round(self.fraction * self.clients)))
+
+
+@dataclass(frozen=True)
+class SecureConfig:
+    """Secure aggregation of the updates, and the dropouts injected into it."""
+
+    enabled: bool = True
+    dropout: float = 0.1
+    precision_bits: int = 16
+    clip: float = 4.0
+    max_weight: int = 10_000
+    ring_bits: int | None = None
+    threshold: int | None = None
+    neighbours: int | None = None
+    identities: bool = False
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.dropout < 1, "secure.dropout", self.dropout, "a probability in [0, 1)")
+        _require(
+            0 <= self.precision_bits <= 40,
+            "secure.precision_bits",
+            self.precision_bits,
+            "an integer in [0, 40]",
+        )
+        _require(
+            self.clip > 0 and math.isfinite(self.clip),
+            "secure.clip",
+            self.clip,
+            "a positive number",
+        )
+        _require(self.max_weight >= 1, "secure.max_weight", self.max_weight, "an integer >= 1")
+        _require(
+            self.ring_bits is None or 2 <= self.ring_bits <= 64,
+            "secure.ring_bits",
+            self.ring_bits,
+            "an integer in [2, 64], or unset to size the ring automatically",
+        )
+        _require(
+            self.threshold is None or self.threshold >= 1,
+            "secure.threshold",
+            self.threshold,
+            "an integer >= 1, or unset for the recommended threshold",
+        )
+        _require(
+            self.neighbours is None or self.neighbours >= 1,
+            "secure.neighbours",
+            self.neighbours,
+            "an integer >= 1, or unset for the recommended graph",
+        )
+
+
+_SECTIONS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "training": TrainingConfig,
+    "secure": SecureConfig,
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a federated run needs; build with :func:`load_config` or :meth:`from_dict`.
+
+    ``seed`` fixes the data split, cohort sampling, dropouts, model initialisation, local
+    training and stochastic rounding, so runs repeat exactly. It never touches the secure
+    aggregation keys and masks, which always come from ``os.urandom`` (they cancel out of the
+    sum, so the model does not depend on them).
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    secure: SecureConfig = field(default_factory=SecureConfig)
+    seed: int = 0
+    device: Device = Device.AUTO
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "device", _enum(Device, "device", self.device))
+        _require(
+            isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "an integer >= 0"
+        )
+        cohort = self.training.cohort_size
+        if self.secure.enabled and self.secure.threshold is not None:
+            _require(
+                self.secure.threshold <= cohort,
+                "secure.threshold",
+                self.secure.threshold,
+                f"at most the cohort size {cohort} (training.clients x training.fraction)",
+            )
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        """Build from nested dicts (as parsed from TOML); unknown keys are errors."""
+        known = {f.name for f in fields(cls)}
+        for key in values:
+            _require(
+                key in known,
+                key,
+                values[key],
+                "not a configuration key; known: " + ", ".join(sorted(known)),
+            )
+        kwargs: dict[str, Any] = {}
+        for name, value in values.items():
+            section = _SECTIONS.get(name)
+            if section is None:
+                kwargs[name] = value
+                continue
+            _require(isinstance(value, dict), name, value, "a table of settings")
+            allowed = {f.name for f in fields(section)}
+            for key in value:
+                _require(
+                    key in allowed,
+                    f"{name}.{key}",
+                    value[key],
+                    "not a configuration key; known: " + ", ".join(sorted(allowed)),
+                )
+            try:
+                kwargs[name] = section(**value)
+            except TypeError as error:  # a value of the wrong type reaching a comparison
+                raise ConfigError(name, value, str(error)) from None
+        try:
+            return cls(**kwargs)
+        except TypeError as error:
+            raise ConfigError("config", values, str(error)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain values (enums as strings, unset values left out), ready for TOML."""
+
+        def plain(obj: Any) -> Any:
+            if dataclasses.is_dataclass(obj):
+                return {
+                    f.name: plain(getattr(obj, f.name))
+                    for f in fields(obj)
+                    if getattr(obj, f.name) is not None
+                }
+            return obj.value if isinstance(obj, Enum) else obj
+
+        return plain(self)
+
+    def to_toml(self) -> str:
+        """The resolved configuration as TOML (what ``config.toml`` in the output folder holds)."""
+        return tomli_w.dumps(self.to_dict())
+
+    def with_overrides(self, overrides: dict[str, Any]) -> RunConfig:
+        """A copy with dotted keys replaced, e.g. ``{"training.rounds": 5}``; validated again."""
+        values = self.to_dict()
+        for dotted, value in overrides.items():
+            target = values
+            *parents, last = dotted.split(".")
+            for parent in parents:
+                target = target.setdefault(parent, {})
+            target[last] = value.value if isinstance(value, Enum) else value
+        return RunConfig.from_dict(values)
+
+
+def parse_toml(text: str, *, source: str = "--config") -> RunConfig:
+    """Validate a configuration given as TOML text.
+
+    Raises:
+        ConfigError: not TOML, or invalid values.
+    """
+    try:
+        values = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(source, "...", f"valid TOML ({error})") from None
+    return RunConfig.from_dict(values)
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a TOML configuration file.
+
+    Raises:
+        ConfigError: the file is missing, not TOML, or holds invalid values.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("--config", str(path), "an existing TOML file")
+    return parse_toml(path.read_text(), source=str(path))

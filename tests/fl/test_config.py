@@ -1,0 +1,72 @@
+"""Run configuration: defaults, TOML round trip, overrides, and errors that name key and value."""
+
+import pytest
+
+from fl.config import ModelName, RunConfig, load_config, parse_toml
+from fl.errors import ConfigError
+
+
+def test_defaults_are_the_documented_federation():
+    """No flags: 10 clients, Dirichlet(0.5) digits, 20 rounds, dropouts, secure aggregation."""
+    config = RunConfig()
+    assert (config.training.clients, config.training.rounds) == (10, 20)
+    assert (config.data.dataset.value, config.data.partition.value, config.data.alpha) == (
+        "digits",
+        "dirichlet",
+        0.5,
+    )
+    assert config.secure.enabled and config.secure.dropout > 0
+
+
+def test_toml_round_trip(tmp_path):
+    """to_toml() and load_config() give back an equal configuration."""
+    config = RunConfig().with_overrides(
+        {"training.rounds": 3, "model.name": "cnn", "secure.threshold": 4, "out": "x"}
+    )
+    path = tmp_path / "c.toml"
+    path.write_text(config.to_toml())
+    assert load_config(path) == config
+    assert load_config(path).model.name is ModelName.CNN
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"training.rounds": -1}, "training.rounds"),
+        ({"training.rounds": 0}, "training.rounds"),
+        ({"training.fraction": 0.0}, "training.fraction"),
+        ({"training.fraction": 1.5}, "training.fraction"),
+        ({"model.name": "transformer"}, "model.name"),
+        ({"secure.threshold": 11}, "secure.threshold"),
+        ({"secure.dropout": 1.0}, "secure.dropout"),
+        ({"data.alpha": 0}, "data.alpha"),
+        ({"data.dataset": "npz"}, "data.path"),
+        ({"device": "tpu"}, "device"),
+        ({"training.min_clients": 1}, "training.min_clients"),
+        ({"training.typo": 1}, "training.typo"),
+    ],
+)
+def test_invalid_values_name_the_key(overrides, key):
+    """Each bad value raises ConfigError whose message starts with the key and shows the value."""
+    with pytest.raises(ConfigError) as error:
+        RunConfig().with_overrides(overrides)
+    assert error.value.key == key
+    assert str(error.value).startswith(f"{key} = ")
+
+
+def test_bad_toml_and_missing_file(tmp_path):
+    """Unreadable or missing configuration files are ConfigErrors."""
+    with pytest.raises(ConfigError):
+        parse_toml("not = [valid")
+    with pytest.raises(ConfigError, match="existing TOML file"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_cohort_size_respects_fraction_and_minimum():
+    """Cohort = round(fraction * clients), at least min_clients, at most clients."""
+    config = RunConfig().with_overrides(
+        {"training.clients": 50, "training.fraction": 0.1, "training.min_clients": 3}
+    )
+    assert config.training.cohort_size == 5
+    config = config.with_overrides({"training.fraction": 0.01})
+    assert config.training.cohort_size == 3

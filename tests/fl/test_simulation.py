@@ -1,0 +1,132 @@
+"""The in-process federation: learning, exact resume, dropouts, and errors before round 1."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import secagg
+from fl.config import RunConfig
+from fl.errors import ConfigError, FLError
+from fl.simulation import draw_dropouts, run_federation
+
+
+def _config(tmp_path, name="run", **overrides):
+    values = {"training.clients": 5, "training.rounds": 3, "out": str(tmp_path / name), **overrides}
+    return RunConfig().with_overrides(values)
+
+
+def test_three_rounds_improve_accuracy_and_write_outputs(tmp_path):
+    """A 3-round, 5-client secure run beats its first round and writes the four output files."""
+    result = run_federation(_config(tmp_path))
+    accuracies = [m.accuracy for m in result.history]
+    assert len(accuracies) == 3
+    assert accuracies[-1] > accuracies[0]
+    for name in ("config.toml", "metrics.jsonl", "summary.json", "training.png"):
+        assert (result.out / name).is_file(), name
+    assert len((result.out / "metrics.jsonl").read_text().splitlines()) == 3
+    assert result.summary["rounds"] == 3 and result.summary["secure_aggregation"]
+
+
+def test_resume_gives_a_bit_identical_model(tmp_path):
+    """Two rounds, then resume to four == four rounds straight (same seed)."""
+    straight = run_federation(_config(tmp_path, "straight", **{"training.rounds": 4}))
+    run_federation(_config(tmp_path, "resumed", **{"training.rounds": 2}))
+    resumed = run_federation(_config(tmp_path, "resumed", **{"training.rounds": 4}), resume=True)
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert [m.accuracy for m in straight.history] == [m.accuracy for m in resumed.history]
+
+
+def test_interrupted_round_loses_only_that_round(tmp_path):
+    """Metrics written for a round whose checkpoint never landed are dropped on resume."""
+    config = _config(tmp_path, **{"training.rounds": 2})
+    run_federation(config)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    metrics.write_text(
+        metrics.read_text()
+        + metrics.read_text().splitlines()[-1].replace('"round": 2', '"round": 3')
+        + "\n"
+    )
+    result = run_federation(config.with_overrides({"training.rounds": 3}), resume=True)
+    assert [m.round for m in result.history] == [1, 2, 3]
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    """Starting a new run in a folder that holds one is an error; so is resuming with other settings."""
+    config = _config(tmp_path, **{"training.rounds": 1})
+    run_federation(config)
+    with pytest.raises(FLError, match="--resume"):
+        run_federation(config)
+    with pytest.raises(FLError, match=r"training\.clients"):
+        run_federation(config.with_overrides({"training.clients": 6}), resume=True)
+
+
+def test_secure_and_plaintext_runs_agree_within_quantisation(tmp_path):
+    """Secure FedAvg and plaintext FedAvg from the same seed end at nearly the same model."""
+    secure = run_federation(_config(tmp_path, "secure", **{"training.rounds": 2}))
+    plain = run_federation(
+        _config(tmp_path, "plain", **{"training.rounds": 2, "secure.enabled": False})
+    )
+    difference = max(
+        float((a - b).abs().max())
+        for a, b in zip(secure.model.parameters(), plain.model.parameters(), strict=True)
+    )
+    assert difference < 1e-3
+    assert [m.dropped for m in secure.history] == [m.dropped for m in plain.history]
+
+
+@pytest.mark.parametrize("phase", list(secagg.Phase))
+def test_dropouts_in_every_phase_are_survived(tmp_path, phase, monkeypatch):
+    """While at least t clients remain, a round survives dropouts in any phase."""
+    import fl.simulation as simulation
+
+    monkeypatch.setattr(
+        simulation, "draw_dropouts", lambda cohort, *_a, **_k: {cohort[0]: phase, cohort[1]: phase}
+    )
+    config = _config(
+        tmp_path, **{"training.rounds": 1, "training.clients": 6, "secure.identities": True}
+    )
+    result = run_federation(config)
+    (metrics,) = result.history
+    assert not metrics.failed
+    expected_dropped = 0 if phase in (secagg.Phase.CONSISTENCY_CHECK, secagg.Phase.UNMASK) else 2
+    assert metrics.dropped == expected_dropped
+
+
+def test_too_many_dropouts_fail_the_round_but_not_the_run(tmp_path, monkeypatch):
+    """Below the threshold the round is recorded as failed and the model is unchanged."""
+    import fl.simulation as simulation
+
+    monkeypatch.setattr(
+        simulation,
+        "draw_dropouts",
+        lambda cohort, *_a, **_k: dict.fromkeys(cohort[:4], secagg.Phase.SHARE_KEYS),
+    )
+    result = run_federation(_config(tmp_path, **{"training.rounds": 1}))
+    assert result.history[0].failed
+
+
+def test_dropout_draws_follow_the_probability():
+    """About p of the clients drop, in phases that exist for the identity setting."""
+    generator = np.random.default_rng(0)
+    drops = draw_dropouts(list(range(1, 10001)), 0.2, identities=False, generator=generator)
+    assert 1800 < len(drops) < 2200
+    assert secagg.Phase.CONSISTENCY_CHECK not in set(drops.values())
+
+
+def test_model_that_does_not_fit_the_data_fails_before_round_one(tmp_path):
+    """A model with the wrong input size is a ConfigError before any training."""
+    with pytest.raises(ConfigError, match="model"):
+        run_federation(_config(tmp_path), model=nn.Linear(10, 10))
+    with pytest.raises(ConfigError, match="secure"):
+        run_federation(
+            _config(tmp_path, "t", **{"secure.precision_bits": 40, "secure.ring_bits": 32})
+        )
+
+
+def test_any_module_can_be_trained(tmp_path):
+    """A user's own nn.Module trains through the same loop."""
+    model = nn.Sequential(nn.Linear(64, 10))
+    result = run_federation(_config(tmp_path, **{"training.rounds": 2}), model=model)
+    assert result.model is model and result.history[-1].accuracy > 0.3
