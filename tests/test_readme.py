@@ -15,8 +15,9 @@ def test_readme_has_examples():
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
-def test_readme_example_runs(block, capsys):
+def test_readme_example_runs(block, capsys, tmp_path, monkeypatch):
     """Each python block executes without error (and its printed claims hold)."""
+    monkeypatch.chdir(tmp_path)  # examples may write run folders
     exec(compile(block, str(README), "exec"), {})
     if "[6 6 6 6]" in block:
         assert "[6 6 6 6]" in capsys.readouterr().out
