@@ -64,6 +64,9 @@ def _add_run_parser(commands: argparse._SubParsersAction) -> None:
         "--fraction", type=float, help="fraction of clients sampled per round, in (0, 1]"
     )
     run.add_argument(
+        "--per-round", type=int, help="clients sampled per round (a count; overrides --fraction)"
+    )
+    run.add_argument(
         "--dropout", type=float, help="probability that a sampled client drops out (0.1)"
     )
     run.add_argument("--model", choices=[m.value for m in ModelName], help="reference model (mlp)")
@@ -95,6 +98,7 @@ _RUN_FLAGS = {
     "clients": "training.clients",
     "rounds": "training.rounds",
     "fraction": "training.fraction",
+    "per_round": "training.per_round",
     "dropout": "secure.dropout",
     "model": "model.name",
     "partition": "data.partition",

@@ -157,6 +157,7 @@ class TrainingConfig:
     rounds: int = 20
     clients: int = 10
     fraction: float = 1.0
+    per_round: int | None = None
     min_clients: int = 3
     local_epochs: int = 2
     batch_size: int = 16
@@ -172,6 +173,12 @@ class TrainingConfig:
         _require(self.rounds >= 1, "training.rounds", self.rounds, "an integer >= 1")
         _require(self.clients >= 2, "training.clients", self.clients, "an integer >= 2")
         _require(0 < self.fraction <= 1, "training.fraction", self.fraction, "a number in (0, 1]")
+        _require(
+            self.per_round is None or 2 <= self.per_round <= self.clients,
+            "training.per_round",
+            self.per_round,
+            f"an integer in [2, training.clients = {self.clients}], or unset to use training.fraction",
+        )
         _require(
             2 <= self.min_clients <= self.clients,
             "training.min_clients",
@@ -198,8 +205,12 @@ class TrainingConfig:
 
     @property
     def cohort_size(self) -> int:
-        """Clients sampled per round: the fraction of clients, at least ``min_clients``."""
-        return min(self.clients, max(self.min_clients, round(self.fraction * self.clients)))
+        """Clients sampled per round: ``per_round`` if set, else the fraction of clients; never
+        below ``min_clients``."""
+        wanted = (
+            self.per_round if self.per_round is not None else round(self.fraction * self.clients)
+        )
+        return min(self.clients, max(self.min_clients, wanted))
 
 
 @dataclass(frozen=True)

@@ -177,11 +177,12 @@ def build_federated_data(
     *,
     clients: int,
     seed: int,
-    arrays: tuple[np.ndarray, np.ndarray] | None = None,
+    arrays: Any = None,
 ) -> FederatedData:
-    """Load (or take) the arrays, hold out the test set, and partition the rest among clients."""
+    """Load the configured data (or take ``arrays``: an ``(x, y)`` pair of arrays or tensors, or a
+    ``torch.utils.data.Dataset``), hold out the test set, and partition the rest among clients."""
     if arrays is not None:
-        x, y = _validated(*arrays, "the given arrays")
+        x, y = arrays_from_dataset(arrays)
     elif config.dataset is Dataset.DIGITS:
         x, y = load_digits_arrays()
     elif config.dataset is Dataset.SYNTHETIC:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -261,7 +262,7 @@ def run_federation(
     config: RunConfig,
     *,
     model: nn.Module | None = None,
-    arrays: tuple[np.ndarray, np.ndarray] | None = None,
+    arrays: Any = None,
     resume: bool = False,
     on_round: Callable[[RoundMetrics], None] | None = None,
 ) -> RunResult:
@@ -273,7 +274,8 @@ def run_federation(
     Args:
         config: the validated run configuration.
         model: train this module instead of the configured reference model.
-        arrays: train on these ``(x, y)`` arrays instead of the configured data set.
+        arrays: train on these ``(x, y)`` arrays or tensors, or this ``torch.utils.data.Dataset``,
+            instead of the configured data set.
         resume: continue from the checkpoint in ``config.out``.
         on_round: called with each round's metrics as it completes.
 

@@ -70,3 +70,11 @@ def test_cohort_size_respects_fraction_and_minimum():
     assert config.training.cohort_size == 5
     config = config.with_overrides({"training.fraction": 0.01})
     assert config.training.cohort_size == 3
+
+
+def test_per_round_count_overrides_the_fraction():
+    """A count of clients per round wins over the fraction; out-of-range counts are errors."""
+    config = RunConfig().with_overrides({"training.clients": 40, "training.per_round": 7})
+    assert config.training.cohort_size == 7
+    with pytest.raises(ConfigError, match=r"training\.per_round"):
+        config.with_overrides({"training.per_round": 41})

@@ -130,3 +130,15 @@ def test_any_module_can_be_trained(tmp_path):
     model = nn.Sequential(nn.Linear(64, 10))
     result = run_federation(_config(tmp_path, **{"training.rounds": 2}), model=model)
     assert result.model is model and result.history[-1].accuracy > 0.3
+
+
+def test_a_torch_dataset_can_be_the_data(tmp_path):
+    """run_federation accepts a torch Dataset in place of the configured data."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 64, generator=generator)
+    y = (x[:, 0] > 0).long()
+    result = run_federation(
+        _config(tmp_path, **{"training.rounds": 2}), arrays=torch.utils.data.TensorDataset(x, y)
+    )
+    assert len(result.history) == 2
+    assert result.model(x[:3]).shape == (3, 2)  # two classes, read from the dataset's labels
