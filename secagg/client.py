@@ -256,15 +256,15 @@ class Client:
                 raise InconsistentRequest(f"roster reuses a public key (client {peer})", sender=0)
             seen |= {entry.channel_key, entry.mask_key}
             if self.config.identities is not None:
-                transcript = keys.key_advertisement_transcript(
-                    self.config.digest, peer, entry.channel_key, entry.mask_key
+                keys.verify_key_advertisement(
+                    self.config.identities[peer],
+                    self.config.digest,
+                    peer,
+                    entry.channel_key,
+                    entry.mask_key,
+                    entry.key_signature,
+                    sender=0,
                 )
-                try:
-                    signing.verify(self.config.identities[peer], entry.key_signature, transcript)
-                except InvalidAuthentication:
-                    raise AuthenticationFailed(
-                        f"key signature of client {peer} does not verify", sender=0
-                    ) from None
         self._require(len(roster.entries) + 1, "holders for this client's shares")
         secret = self._random(shamir.SECRET_BYTES)
         holders = sorted([self.client_id, *(e.client_id for e in roster.entries)])

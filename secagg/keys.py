@@ -9,7 +9,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 
-from secagg.hazmat import aead, kdf
+from secagg.errors import AuthenticationFailed
+from secagg.hazmat import aead, kdf, signing
+from secagg.hazmat.exceptions import InvalidAuthentication
 
 __all__ = [
     "channel_key",
@@ -19,6 +21,7 @@ __all__ = [
     "self_mask_commitment",
     "self_mask_seed",
     "share_associated_data",
+    "verify_key_advertisement",
 ]
 
 _PAIR = struct.Struct(">II")
@@ -72,6 +75,30 @@ def key_advertisement_transcript(
 ) -> bytes:
     """What a client signs to vouch for its two public keys of this session."""
     return b"privagg/advertise\x00" + digest + struct.pack(">I", sender) + channel_key + mask_key
+
+
+def verify_key_advertisement(
+    identity: bytes,
+    digest: bytes,
+    owner: int,
+    channel_key: bytes,
+    mask_key: bytes,
+    signature: bytes,
+    *,
+    sender: int,
+) -> None:
+    """Check ``owner``'s signature over its two session keys against its identity key.
+
+    Raises:
+        AuthenticationFailed: the signature is missing or invalid; ``sender`` is who passed it on.
+    """
+    transcript = key_advertisement_transcript(digest, owner, channel_key, mask_key)
+    try:
+        signing.verify(identity, signature, transcript)
+    except InvalidAuthentication:
+        raise AuthenticationFailed(
+            f"key signature of client {owner} does not verify", sender=sender
+        ) from None
 
 
 def consistency_transcript(digest: bytes, survivors: Iterable[int]) -> bytes:

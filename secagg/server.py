@@ -229,15 +229,15 @@ class Server:
                 sender=sender,
             )
         if self.config.identities is not None:
-            transcript = keys.key_advertisement_transcript(
-                self.config.digest, sender, advert.channel_key, advert.mask_key
+            keys.verify_key_advertisement(
+                self.config.identities[sender],
+                self.config.digest,
+                sender,
+                advert.channel_key,
+                advert.mask_key,
+                advert.key_signature,
+                sender=sender,
             )
-            try:
-                signing.verify(self.config.identities[sender], advert.key_signature, transcript)
-            except InvalidAuthentication:
-                raise AuthenticationFailed(
-                    "key advertisement signature invalid", sender=sender
-                ) from None
         elif advert.key_signature:
             raise ParameterMismatch(
                 "key signature sent, but this session has no identities", sender=sender
