@@ -26,6 +26,7 @@ class Checkpoint:
     completed_rounds: int
     global_vector: torch.Tensor
     config_toml: str
+    ledger_json: str | None = None
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -42,7 +43,11 @@ def save_checkpoint(folder: Path, checkpoint: Checkpoint) -> None:
     buffer = io.BytesIO()
     np.savez(buffer, global_vector=checkpoint.global_vector.numpy())
     _atomic_write(folder / _MODEL_FILE, buffer.getvalue())
-    meta = {"completed_rounds": checkpoint.completed_rounds, "config": checkpoint.config_toml}
+    meta = {
+        "completed_rounds": checkpoint.completed_rounds,
+        "config": checkpoint.config_toml,
+        "ledger": checkpoint.ledger_json,
+    }
     _atomic_write(folder / _META_FILE, json.dumps(meta).encode())
 
 
@@ -59,7 +64,9 @@ def load_checkpoint(folder: Path) -> Checkpoint | None:
         meta = json.loads(meta_path.read_text())
         with np.load(folder / _MODEL_FILE, allow_pickle=False) as archive:
             vector = torch.from_numpy(archive["global_vector"].copy())
-        return Checkpoint(int(meta["completed_rounds"]), vector, str(meta["config"]))
+        return Checkpoint(
+            int(meta["completed_rounds"]), vector, str(meta["config"]), meta.get("ledger")
+        )
     except (OSError, ValueError, KeyError) as error:
         raise FLError(
             f"the checkpoint in {folder} cannot be read ({error}); start a new run"

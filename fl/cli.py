@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.table import Table
 
 import secagg
-from fl.config import Device, ModelName, Partition
+from dp.accounting import AccountantKind
+from dp.distributed import Mechanism
+from dp.ledger import PrivacyLevel
+from fl.config import Device, ModelName, Partition, RunConfig
 from fl.console import phase_progress, render_aggregation
 from fl.demo import run_aggregation_demo
 from fl.errors import FLError
@@ -92,6 +97,35 @@ def _add_run_parser(commands: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--resume", action="store_true", help="continue the run in --out (or the latest in runs/)"
     )
+    privacy = run.add_argument_group(
+        "differential privacy",
+        "sample level: DP-SGD (Opacus) on every client, epsilon per record; client level: each "
+        "client clips its update and adds integer noise before masking, epsilon per client",
+    )
+    privacy.add_argument(
+        "--dp", choices=[v.value for v in PrivacyLevel], help="privacy level (none)"
+    )
+    privacy.add_argument("--epsilon", type=float, help="target epsilon over the whole run")
+    privacy.add_argument("--delta", type=float, help="delta (1e-5); must be below 1/n")
+    privacy.add_argument(
+        "--noise-multiplier", type=float, help="fixed noise instead of a target epsilon"
+    )
+    privacy.add_argument(
+        "--clip", type=float, help="per-sample gradient bound, or update L2 bound (1.0)"
+    )
+    privacy.add_argument(
+        "--max-epsilon", type=float, help="stop, checkpointed, before a round could pass it"
+    )
+    privacy.add_argument(
+        "--accountant",
+        choices=[v.value for v in AccountantKind],
+        help="rdp (default), rdp-classic or prv",
+    )
+    privacy.add_argument(
+        "--mechanism",
+        choices=[v.value for v in Mechanism],
+        help="client-level noise: skellam or ddg",
+    )
 
 
 _RUN_FLAGS = {
@@ -107,6 +141,14 @@ _RUN_FLAGS = {
     "device": "device",
     "seed": "seed",
     "out": "out",
+    "dp": "privacy.level",
+    "epsilon": "privacy.epsilon",
+    "delta": "privacy.delta",
+    "noise_multiplier": "privacy.noise_multiplier",
+    "clip": "privacy.clip",
+    "max_epsilon": "privacy.max_epsilon",
+    "accountant": "privacy.accountant",
+    "mechanism": "privacy.mechanism",
 }
 
 
@@ -141,13 +183,114 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         f"{config.data.dataset.value} {config.data.partition.value}"
         + (f"({config.data.alpha})" if config.data.partition.value == "dirichlet" else "")
         + f", {config.model.name.value}, {training.rounds} rounds, {mode}, "
-        f"dropout {config.secure.dropout:.0%}, seed {config.seed}"
+        f"dropout {config.secure.dropout:.0%}, seed {config.seed}" + _privacy_summary(config)
     )
-    console.print(round_header(), highlight=False)
+    console.print(
+        round_header(with_epsilon=config.privacy.level is not PrivacyLevel.NONE), highlight=False
+    )
     with round_progress(console, total=training.rounds, done=0) as on_round:
         result = run_federation(config, resume=args.resume, on_round=on_round)
     render_run(console, result)
     return 0
+
+
+def _add_sweep_parser(commands: argparse._SubParsersAction) -> None:
+    sweep = commands.add_parser(
+        "sweep",
+        help="privacy-budget experiment: accuracy against epsilon",
+        description=(
+            "Train the federation once per (epsilon, seed), in parallel processes, each in its own "
+            "folder under --out, plus a non-private reference (epsilon inf); then write sweep.csv, "
+            "sweep.json and accuracy_vs_epsilon.png and print the table. Run it again with the "
+            "same --out to resume: finished runs are skipped, interrupted ones resume."
+        ),
+        epilog="example:\n  privagg sweep --epsilons 0.5,1,2,4,8,inf --level sample --seeds 3 --jobs 2",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sweep.add_argument(
+        "--epsilons", default="0.5,1,2,4,8,inf", help="comma-separated targets (inf: no DP)"
+    )
+    sweep.add_argument(
+        "--level", choices=["sample", "client"], default="sample", help="privacy level"
+    )
+    sweep.add_argument(
+        "--seeds", type=int, default=3, help="repetitions per epsilon (seeds 0..N-1)"
+    )
+    sweep.add_argument("--config", metavar="FILE", help="TOML configuration of every run")
+    sweep.add_argument("--rounds", type=int, help="training rounds of every run")
+    sweep.add_argument("--clients", type=int, help="clients of every run")
+    sweep.add_argument(
+        "--out", metavar="DIR", help="sweep folder (default: a new runs/sweep-<time>)"
+    )
+    sweep.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel processes")
+
+
+def _sweep(args: argparse.Namespace, console: Console) -> int:
+    import math
+    import time
+    from pathlib import Path
+
+    from fl.config import load_config
+    from fl.sweep import SweepRow, parse_epsilons, plan_sweep, run_sweep, summarise, write_outputs
+
+    if args.seeds < 1 or args.jobs < 1:
+        console.print("[red]error:[/] --seeds and --jobs must be at least 1")
+        return 2
+    base = load_config(args.config) if args.config else RunConfig()
+    overrides = {
+        k: v for k, v in (("training.rounds", args.rounds), ("training.clients", args.clients)) if v
+    }
+    base = base.with_overrides(overrides)
+    level = PrivacyLevel(args.level)
+    out = Path(args.out or time.strftime("runs/sweep-%Y%m%d-%H%M%S"))
+    points = plan_sweep(
+        base, epsilons=parse_epsilons(args.epsilons), level=level, seeds=args.seeds, out=out
+    )
+    console.print(
+        f"[bold]privagg sweep[/]: {len(points)} runs ({args.level}-level DP), {args.jobs} at a time, in {out}/"
+    )
+
+    def report(row: SweepRow, cached: bool) -> None:
+        eps = "inf" if math.isinf(row.epsilon) else f"{row.epsilon:g}"
+        note = " (already done)" if cached else f" in {row.wall_seconds:.1f} s"
+        console.print(
+            f"  epsilon {eps:>5} seed {row.seed}: accuracy {100 * row.final_accuracy:.1f}%{note}"
+        )
+
+    rows = run_sweep(points, jobs=args.jobs, on_result=report)
+    write_outputs(out, rows, level=level)
+    table = Table(
+        title=f"Accuracy against epsilon ({args.level}-level, delta {base.privacy.delta:g})",
+        title_justify="left",
+    )
+    for heading in ("epsilon", "runs", "accuracy mean", "std", "min", "max", "epsilon spent"):
+        table.add_column(heading, justify="right")
+    for entry in summarise(rows):
+        spent = entry["epsilon_spent"]
+        table.add_row(
+            "inf (no DP)" if math.isinf(entry["epsilon"]) else f"{entry['epsilon']:g}",
+            str(entry["runs"]),
+            f"{100 * entry['accuracy_mean']:.1f}%",
+            f"{100 * entry['accuracy_std']:.1f}",
+            f"{100 * entry['accuracy_min']:.1f}%",
+            f"{100 * entry['accuracy_max']:.1f}%",
+            "-" if spent is None else f"{spent:.3f}",
+        )
+    console.print(table)
+    console.print(f"written to {out}/: sweep.csv, sweep.json, accuracy_vs_epsilon.png")
+    return 0
+
+
+def _privacy_summary(config: RunConfig) -> str:
+    privacy = config.privacy
+    if privacy.level is PrivacyLevel.NONE:
+        return ""
+    target = (
+        f"epsilon {privacy.epsilon}"
+        if privacy.epsilon
+        else f"noise multiplier {privacy.noise_multiplier}"
+    )
+    return f", {privacy.level.value}-level DP ({target}, delta {privacy.delta:g}, {privacy.accountant.value})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_run_parser(commands)
+    _add_sweep_parser(commands)
     aggregate = commands.add_parser(
         "aggregate",
         help="run one secure-aggregation round over in-process clients and check the sum",
@@ -235,13 +379,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``privagg`` console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    console = Console()
+    console = Console(soft_wrap=True)
     if args.command is None:
         parser.print_help()
         return 0
     try:
         if args.command == "run":
             return _run(args, console)
+        if args.command == "sweep":
+            return _sweep(args, console)
         return _aggregate(args, console)
     except FLError as error:
         console.print(f"[red]error:[/] {error}")

@@ -12,6 +12,9 @@ from typing import Any
 
 import tomli_w
 
+from dp.accounting import AccountantKind
+from dp.distributed import Mechanism
+from dp.ledger import PrivacyLevel
 from fl.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -27,6 +30,7 @@ __all__ = [
     "ModelName",
     "Optimizer",
     "Partition",
+    "PrivacyConfig",
     "RunConfig",
     "SecureConfig",
     "TrainingConfig",
@@ -262,11 +266,95 @@ class SecureConfig:
         )
 
 
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Differential privacy: sample level (DP-SGD on each client) or client level (distributed
+    noise added before masking). Give a target ``epsilon`` or a ``noise_multiplier``.
+
+    DP noise comes from ``os.urandom`` unless ``reproducible_noise`` seeds it from ``seed`` (for
+    experiments that must replay exactly; never for data that needs protecting).
+    """
+
+    level: PrivacyLevel = PrivacyLevel.NONE
+    epsilon: float | None = None
+    delta: float = 1e-5
+    noise_multiplier: float | None = None
+    clip: float = 1.0
+    accountant: AccountantKind = AccountantKind.RDP
+    max_epsilon: float | None = None
+    mechanism: Mechanism = Mechanism.SKELLAM
+    ring_bits: int = 32
+    max_physical_batch: int = 64
+    ghost_clipping: bool = False
+    reproducible_noise: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "level", _enum(PrivacyLevel, "privacy.level", self.level))
+        object.__setattr__(
+            self, "accountant", _enum(AccountantKind, "privacy.accountant", self.accountant)
+        )
+        object.__setattr__(self, "mechanism", _enum(Mechanism, "privacy.mechanism", self.mechanism))
+        _require(
+            0 < self.delta < 1,
+            "privacy.delta",
+            self.delta,
+            "a number in (0, 1), below 1 / (records or clients)",
+        )
+        _require(
+            self.clip > 0 and math.isfinite(self.clip),
+            "privacy.clip",
+            self.clip,
+            "a positive clipping bound",
+        )
+        _require(
+            self.epsilon is None or (self.epsilon > 0 and math.isfinite(self.epsilon)),
+            "privacy.epsilon",
+            self.epsilon,
+            "a positive finite target (for no privacy use privacy.level = none)",
+        )
+        _require(
+            self.noise_multiplier is None or self.noise_multiplier > 0,
+            "privacy.noise_multiplier",
+            self.noise_multiplier,
+            "a positive number",
+        )
+        _require(
+            self.max_epsilon is None or self.max_epsilon > 0,
+            "privacy.max_epsilon",
+            self.max_epsilon,
+            "a positive budget",
+        )
+        _require(
+            8 <= self.ring_bits <= 64, "privacy.ring_bits", self.ring_bits, "an integer in [8, 64]"
+        )
+        _require(
+            self.max_physical_batch >= 1,
+            "privacy.max_physical_batch",
+            self.max_physical_batch,
+            "an integer >= 1",
+        )
+        if self.level is not PrivacyLevel.NONE:
+            _require(
+                (self.epsilon is None) != (self.noise_multiplier is None),
+                "privacy.epsilon",
+                self.epsilon,
+                "set exactly one of privacy.epsilon (a target) and privacy.noise_multiplier",
+            )
+        if self.accountant is AccountantKind.PRV:
+            _require(
+                self.level is not PrivacyLevel.CLIENT,
+                "privacy.accountant",
+                self.accountant.value,
+                "rdp or rdp-classic at client level (PRV covers the sampled Gaussian of DP-SGD)",
+            )
+
+
 _SECTIONS = {
     "data": DataConfig,
     "model": ModelConfig,
     "training": TrainingConfig,
     "secure": SecureConfig,
+    "privacy": PrivacyConfig,
 }
 
 
@@ -284,6 +372,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     secure: SecureConfig = field(default_factory=SecureConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     seed: int = 0
     device: Device = Device.AUTO
     out: str | None = None
@@ -294,6 +383,13 @@ class RunConfig:
             isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "an integer >= 0"
         )
         cohort = self.training.cohort_size
+        if self.privacy.level is PrivacyLevel.CLIENT:
+            _require(
+                self.secure.enabled,
+                "privacy.level",
+                "client",
+                "client-level DP adds its noise before masking: keep secure.enabled = true",
+            )
         if self.secure.enabled and self.secure.threshold is not None:
             _require(
                 self.secure.threshold <= cohort,

@@ -99,11 +99,13 @@ _ROUND_COLUMNS = (
     "train s",
 )
 _ROUND_FORMAT = "{:>5}  {:>8}  {:>6}  {:>7}  {:>7}  {:>10}  {:>8}  {:>7}"
+_EPSILON_FORMAT = "  {:>8}"
 
 
-def round_header() -> str:
+def round_header(*, with_epsilon: bool = False) -> str:
     """The header line of the per-round table."""
-    return _ROUND_FORMAT.format(*_ROUND_COLUMNS)
+    epsilon = _EPSILON_FORMAT.format("epsilon") if with_epsilon else ""
+    return _ROUND_FORMAT.format(*_ROUND_COLUMNS) + epsilon
 
 
 def round_row(metrics: RoundMetrics) -> str:
@@ -118,7 +120,10 @@ def round_row(metrics: RoundMetrics) -> str:
         f"{metrics.secagg_seconds:.3f}",
         f"{metrics.train_seconds:.2f}",
     )
-    return row + ("  [red]aggregation failed: too many dropouts[/]" if metrics.failed else "")
+    if metrics.epsilon is not None:
+        row += _EPSILON_FORMAT.format(f"{metrics.epsilon:.3f}")
+    failed = "  [red]nothing aggregated: too many dropouts or too few clients[/]"
+    return row + (failed if metrics.failed else "")
 
 
 @contextmanager
@@ -146,7 +151,15 @@ def render_run(console: Console, result: RunResult) -> None:
         f"({summary['failed_rounds']} failed), wall time {summary['wall_seconds']:.1f} s "
         f"(training {summary['train_seconds']:.1f} s, secure aggregation {summary['secagg_seconds']:.1f} s)"
     )
-    files = ", ".join(
-        name for name in ("config.toml", "metrics.jsonl", "summary.json", "training.png")
-    )
+    if summary.get("epsilon") is not None:
+        console.print(
+            f"privacy: {summary['privacy_level']}-level ({summary['epsilon']:.3f}, {summary['delta']:g})-DP "
+            f"by the {summary['accountant']} accountant; ledger in privacy.json"
+        )
+    if summary.get("stopped_early"):
+        console.print(f"[yellow]stopped early:[/] {summary['stopped_early']} (checkpointed)")
+    names = ["config.toml", "metrics.jsonl", "summary.json", "training.png"]
+    if summary.get("epsilon") is not None:
+        names.append("privacy.json")
+    files = ", ".join(names)
     console.print(f"written to {result.out}/: {files}")

@@ -22,7 +22,9 @@ class RoundMetrics:
         bytes_up, bytes_down: traffic of the aggregation (clients to server, server to clients).
         secagg_seconds: encoding, protocol and decoding wall time (0 without secure aggregation).
         train_seconds: local training, summed over the cohort.
-        failed: the aggregation did not complete (too many dropouts); the model is unchanged.
+        failed: nothing was aggregated (too many dropouts, or too small a cohort); the model is
+            unchanged and no privacy was spent.
+        epsilon: privacy spent so far (the worst client at sample level), if DP is on.
     """
 
     round: int
@@ -35,6 +37,7 @@ class RoundMetrics:
     secagg_seconds: float
     train_seconds: float
     failed: bool = False
+    epsilon: float | None = None
 
 
 def append_metrics(folder: Path, metrics: RoundMetrics) -> None:

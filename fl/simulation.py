@@ -19,22 +19,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 import secagg
-from fl.aggregation import AggregateOutcome, plain_weighted_mean, secure_weighted_mean
+from dp.errors import DPError
+from dp.ledger import PrivacyLedger, PrivacyLevel
 from fl.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from fl.client import train_locally
 from fl.config import Device, RunConfig, parse_toml
-from fl.data import FederatedData, build_federated_data
+from fl.data import build_federated_data
 from fl.errors import ConfigError, FLError
 from fl.models import build_model, check_model_fits
+from fl.privacy import plan_client_level, plan_sample_level
 from fl.report import RoundMetrics, append_metrics, plot_training, read_metrics, write_summary
-from fl.server import FedAvgServer, sample_cohort
+from fl.rounds import Federation, draw_dropouts
+from fl.server import FedAvgServer
 from secagg.encoding import FixedPointEncoder
-from secagg.randomness import DeterministicRandom
 
 __all__ = [
     "RunResult",
@@ -65,23 +65,6 @@ def resolve_device(device: Device) -> torch.device:
     if device is Device.CPU or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda")
-
-
-def draw_dropouts(
-    cohort: list[int], probability: float, *, identities: bool, generator: np.random.Generator
-) -> dict[int, secagg.Phase]:
-    """Each client drops out with ``probability``, in a protocol phase chosen uniformly."""
-    phases = [p for p in secagg.Phase if identities or p is not secagg.Phase.CONSISTENCY_CHECK]
-    dropouts = {}
-    for client in cohort:
-        if generator.random() < probability:
-            dropouts[client] = phases[int(generator.integers(len(phases)))]
-    return dropouts
-
-
-def _stream_seed(*key: int) -> int:
-    """A 63-bit seed for one (seed, round, client) stream."""
-    return int(np.random.SeedSequence(list(key)).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 def new_run_folder(base: str | Path = "runs") -> Path:
@@ -174,88 +157,12 @@ def prepare_output(config: RunConfig, *, resume: bool) -> tuple[Path, Checkpoint
     return out, existing
 
 
-def _aggregate(
-    config: RunConfig, updates: dict, dropouts: dict, round_index: int
-) -> AggregateOutcome:
-    if not config.secure.enabled:
-        return plain_weighted_mean(updates, dropouts=dropouts)
-    secure = config.secure
-    return secure_weighted_mean(
-        updates,
-        max_weight=secure.max_weight,
-        clip=secure.clip,
-        precision_bits=secure.precision_bits,
-        ring_bits=secure.ring_bits,
-        threshold=secure.threshold,
-        neighbours=secure.neighbours,
-        identities=secure.identities,
-        dropouts=dropouts,
-        round_index=round_index,
-        rounding_random=lambda client: DeterministicRandom(
-            f"{config.seed}/{round_index}/{client}".encode()
-        ),
-    )
-
-
-def run_round(
-    config: RunConfig,
-    round_index: int,
-    server: FedAvgServer,
-    working: nn.Module,
-    data: FederatedData,
-    device: torch.device,
-) -> RoundMetrics:
-    """One round: sample, train, aggregate, apply, evaluate. ``round_index`` is 0-based."""
-    generator = np.random.default_rng([config.seed, round_index])
-    cohort = sample_cohort(config.training.clients, config.training.cohort_size, generator)
-    dropouts = draw_dropouts(
-        cohort, config.secure.dropout, identities=config.secure.identities, generator=generator
-    )
-    updates, train_seconds = {}, 0.0
-    for client in cohort:
-        x, y = data.client_arrays(client)
-        local = train_locally(
-            working,
-            server.global_vector,
-            x,
-            y,
-            training=config.training,
-            device=device,
-            generator=torch.Generator().manual_seed(
-                hash((config.seed, round_index, client)) & 0x7FFFFFFF
-            ),
-        )
-        updates[client] = local.update
-        train_seconds += local.seconds
-    try:
-        outcome = _aggregate(config, updates, dropouts, round_index)
-    except secagg.ThresholdNotMet:
-        accuracy, loss = server.evaluate(data.test_x, data.test_y)
-        return RoundMetrics(
-            round_index + 1,
-            accuracy,
-            loss,
-            len(cohort),
-            len(cohort),
-            0,
-            0,
-            0.0,
-            train_seconds,
-            failed=True,
-        )
-    server.apply(outcome.mean)
-    accuracy, loss = server.evaluate(data.test_x, data.test_y)
-    return RoundMetrics(
-        round=round_index + 1,
-        accuracy=accuracy,
-        loss=loss,
-        sampled=len(cohort),
-        dropped=len(cohort) - len(outcome.contributors),
-        bytes_up=outcome.bytes_up,
-        bytes_down=outcome.bytes_down,
-        secagg_seconds=outcome.seconds,
-        train_seconds=train_seconds,
-    )
+def _over_budget(federation: Federation, round_index: int) -> bool:
+    """Whether the next round, with every client taking part, could pass ``max_epsilon``."""
+    budget = federation.config.privacy.max_epsilon
+    if federation.ledger is None or budget is None:
+        return False
+    return federation.ledger.epsilon(extra=federation.prospective(round_index)) > budget
 
 
 def run_federation(
@@ -303,29 +210,67 @@ def run_federation(
         if model is not None
         else build_model(config.model, features=data.num_features, classes=data.num_classes)
     )
+    if config.privacy.level is PrivacyLevel.SAMPLE:
+        from dp.local import make_trainable
+
+        try:
+            model = make_trainable(model)
+        except DPError as error:
+            raise ConfigError("model", type(model).__name__, str(error)) from None
     check_model_fits(model, torch.as_tensor(data.train_x[:2]), data.num_classes)
     server = FedAvgServer(
         model, server_learning_rate=config.training.server_learning_rate, device=device
     )
-    if config.secure.enabled:
+    if config.secure.enabled and config.privacy.level is not PrivacyLevel.CLIENT:
         _preflight(config, server.global_vector.numel())
+    federation = Federation(
+        config=config, server=server, working=copy.deepcopy(model), data=data, device=device
+    )
+    if config.privacy.level is PrivacyLevel.SAMPLE:
+        federation.sample_plan = plan_sample_level(config, data)
+    elif config.privacy.level is PrivacyLevel.CLIENT:
+        federation.client_plan = plan_client_level(config, server.global_vector.numel())
+    if config.privacy.level is not PrivacyLevel.NONE:
+        federation.ledger = PrivacyLedger(
+            level=config.privacy.level,
+            delta=config.privacy.delta,
+            accountant=config.privacy.accountant,
+        )
     history: list[RoundMetrics] = []
     start = 0
     if existing is not None:
         server.load(existing.global_vector)
         start = existing.completed_rounds
         history = read_metrics(out, up_to_round=start)
+        if federation.ledger is not None and existing.ledger_json:
+            federation.ledger = PrivacyLedger.from_json(existing.ledger_json)
     else:
         (out / "metrics.jsonl").write_text("")
-    working = copy.deepcopy(model)
+    stopped = None
     for round_index in range(start, config.training.rounds):
-        metrics = run_round(config, round_index, server, working, data, device)
+        if _over_budget(federation, round_index):
+            stopped = (
+                f"round {round_index + 1} could exceed max_epsilon = {config.privacy.max_epsilon}"
+            )
+            break
+        metrics = federation.run_round(round_index)
         history.append(metrics)
         append_metrics(out, metrics)
-        save_checkpoint(out, Checkpoint(round_index + 1, server.global_vector, config.to_toml()))
+        ledger_json = federation.ledger.to_json() if federation.ledger is not None else None
+        save_checkpoint(
+            out, Checkpoint(round_index + 1, server.global_vector, config.to_toml(), ledger_json)
+        )
+        if federation.ledger is not None:
+            federation.ledger.write(out)
         if on_round:
             on_round(metrics)
     summary = _summary(config, history, server, device, time.perf_counter() - started)
+    summary["stopped_early"] = stopped
+    if federation.ledger is not None:
+        summary["epsilon"] = history[-1].epsilon if history else 0.0
+        summary["delta"] = config.privacy.delta
+        summary["privacy_level"] = config.privacy.level.value
+        summary["accountant"] = config.privacy.accountant.value
     write_summary(out, summary)
     mode = "secure aggregation" if config.secure.enabled else "plaintext FedAvg"
     plot_training(out, history, title=f"{config.training.clients} clients, {mode}")

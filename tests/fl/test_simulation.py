@@ -79,7 +79,7 @@ def test_secure_and_plaintext_runs_agree_within_quantisation(tmp_path):
 @pytest.mark.parametrize("phase", list(secagg.Phase))
 def test_dropouts_in_every_phase_are_survived(tmp_path, phase, monkeypatch):
     """While at least t clients remain, a round survives dropouts in any phase."""
-    import fl.simulation as simulation
+    import fl.rounds as simulation
 
     monkeypatch.setattr(
         simulation, "draw_dropouts", lambda cohort, *_a, **_k: {cohort[0]: phase, cohort[1]: phase}
@@ -96,7 +96,7 @@ def test_dropouts_in_every_phase_are_survived(tmp_path, phase, monkeypatch):
 
 def test_too_many_dropouts_fail_the_round_but_not_the_run(tmp_path, monkeypatch):
     """Below the threshold the round is recorded as failed and the model is unchanged."""
-    import fl.simulation as simulation
+    import fl.rounds as simulation
 
     monkeypatch.setattr(
         simulation,

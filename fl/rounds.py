@@ -1,0 +1,259 @@
+"""One round of the federation: sample, train, aggregate, apply, evaluate.
+
+Randomness: cohorts, dropouts, minibatch order and stochastic rounding derive from
+``(config.seed, round, client)``, so rounds replay exactly. Protocol keys and masks always come
+from ``os.urandom``. DP noise comes from ``os.urandom`` as well, unless
+``privacy.reproducible_noise`` asks for seeded noise (experiments that must replay bit for bit).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+import secagg
+from dp.ledger import ClientLevelEntry, PrivacyLedger, PrivacyLevel, SampleLevelEntry
+from fl.aggregation import (
+    AggregateOutcome,
+    ClientUpdate,
+    plain_weighted_mean,
+    secure_noisy_mean,
+    secure_weighted_mean,
+)
+from fl.client import train_locally
+from fl.config import RunConfig
+from fl.data import FederatedData
+from fl.privacy import ClientLevelPlan, SampleLevelPlan, client_encoder
+from fl.report import RoundMetrics
+from fl.server import FedAvgServer, sample_cohort
+from secagg.randomness import DeterministicRandom, RandomSource, system_random
+
+__all__ = ["Federation", "draw_dropouts", "stream_seed"]
+
+
+def stream_seed(*key: int) -> int:
+    """A 63-bit seed for one (seed, round, client) stream."""
+    return int(np.random.SeedSequence(list(key)).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def draw_dropouts(
+    cohort: list[int], probability: float, *, identities: bool, generator: np.random.Generator
+) -> dict[int, secagg.Phase]:
+    """Each client drops out with ``probability``, in a protocol phase chosen uniformly."""
+    phases = [p for p in secagg.Phase if identities or p is not secagg.Phase.CONSISTENCY_CHECK]
+    dropouts = {}
+    for client in cohort:
+        if generator.random() < probability:
+            dropouts[client] = phases[int(generator.integers(len(phases)))]
+    return dropouts
+
+
+@dataclass
+class Federation:
+    """The state a run carries from round to round."""
+
+    config: RunConfig
+    server: FedAvgServer
+    working: nn.Module
+    data: FederatedData
+    device: torch.device
+    ledger: PrivacyLedger | None = None
+    sample_plan: SampleLevelPlan | None = None
+    client_plan: ClientLevelPlan | None = None
+    _pending: list[SampleLevelEntry | ClientLevelEntry] = field(default_factory=list)
+
+    @property
+    def level(self) -> PrivacyLevel:
+        return self.config.privacy.level
+
+    def _noise_source(self, *key: int) -> RandomSource:
+        if self.config.privacy.reproducible_noise:
+            return DeterministicRandom(repr(("noise", self.config.seed, *key)).encode())
+        return system_random
+
+    def _cohort(self, round_index: int, generator: np.random.Generator) -> list[int]:
+        training = self.config.training
+        if self.level is PrivacyLevel.CLIENT:  # Poisson sampling, which the accounting assumes
+            rate = self.client_plan.sampling_rate
+            return [u for u in range(1, training.clients + 1) if generator.random() < rate]
+        return sample_cohort(training.clients, training.cohort_size, generator)
+
+    def prospective(self, round_index: int) -> tuple[SampleLevelEntry | ClientLevelEntry, ...]:
+        """What the next round would add to the ledger, assuming every client takes part."""
+        if self.level is PrivacyLevel.SAMPLE:
+            clip = self.config.privacy.clip
+            return tuple(
+                self.sample_plan.entry(round_index, c, clip)
+                for c in range(1, self.config.training.clients + 1)
+            )
+        if self.level is PrivacyLevel.CLIENT:
+            encoder = client_encoder(
+                self.config,
+                self.client_plan,
+                cohort=self.config.training.cohort_size,
+                dimension=self.dimension,
+            )
+            return (
+                encoder.ledger_entry(
+                    round_index=round_index + 1, client_sampling_rate=self.client_plan.sampling_rate
+                ),
+            )
+        return ()
+
+    @property
+    def dimension(self) -> int:
+        return int(self.server.global_vector.numel())
+
+    def _train(self, round_index: int, client: int) -> tuple[ClientUpdate, float]:
+        x, y = self.data.client_arrays(client)
+        seed = stream_seed(self.config.seed, round_index, client)
+        training = self.config.training
+        if self.level is not PrivacyLevel.SAMPLE:
+            local = train_locally(
+                self.working,
+                self.server.global_vector,
+                x,
+                y,
+                training=training,
+                device=self.device,
+                generator=torch.Generator().manual_seed(seed),
+            )
+            return local.update, local.seconds
+        from dp.local import train_privately  # Opacus loads only for sample-level DP
+
+        privacy = self.config.privacy
+        noise_seed = seed if privacy.reproducible_noise else int.from_bytes(os.urandom(7), "little")
+        result = train_privately(
+            self.server.model,
+            x,
+            y,
+            epochs=training.local_epochs,
+            batch_size=training.batch_size,
+            learning_rate=training.learning_rate,
+            momentum=training.momentum,
+            noise_multiplier=self.sample_plan.noise[client],
+            max_grad_norm=privacy.clip,
+            max_physical_batch=privacy.max_physical_batch,
+            ghost_clipping=privacy.ghost_clipping,
+            seed=noise_seed,
+            device=self.device,
+        )
+        self._pending.append(self.sample_plan.entry(round_index, client, privacy.clip))
+        delta = (result.parameters - self.server.global_vector).numpy()
+        return ClientUpdate(vector=delta, weight=len(y)), result.seconds
+
+    def _aggregate(
+        self, updates: dict[int, ClientUpdate], dropouts: dict, round_index: int
+    ) -> AggregateOutcome:
+        config, secure = self.config, self.config.secure
+        if not secure.enabled:
+            return plain_weighted_mean(updates, dropouts=dropouts)
+        protocol = dict(
+            threshold=secure.threshold,
+            neighbours=secure.neighbours,
+            identities=secure.identities,
+            dropouts=dropouts,
+            round_index=round_index,
+        )
+        if self.level is PrivacyLevel.CLIENT:
+            encoder = client_encoder(
+                config, self.client_plan, cohort=len(updates), dimension=self.dimension
+            )
+            rotation_seed = DeterministicRandom(
+                repr(("rotation", config.seed, round_index)).encode()
+            )(32)
+            outcome = secure_noisy_mean(
+                updates,
+                encoder=encoder,
+                rotation_seed=rotation_seed,
+                noise_random=lambda client: self._noise_source(round_index, client),
+                **protocol,
+            )
+            self._pending.append(
+                encoder.ledger_entry(
+                    round_index=round_index + 1, client_sampling_rate=self.client_plan.sampling_rate
+                )
+            )
+            return outcome
+        return secure_weighted_mean(
+            updates,
+            max_weight=secure.max_weight,
+            clip=secure.clip,
+            precision_bits=secure.precision_bits,
+            ring_bits=secure.ring_bits,
+            rounding_random=lambda client: DeterministicRandom(
+                f"{config.seed}/{round_index}/{client}".encode()
+            ),
+            **protocol,
+        )
+
+    def run_round(self, round_index: int) -> RoundMetrics:
+        """One round (``round_index`` is 0-based); the ledger is charged only if a sum is released."""
+        generator = np.random.default_rng([self.config.seed, round_index])
+        cohort = self._cohort(round_index, generator)
+        dropouts = draw_dropouts(
+            cohort,
+            self.config.secure.dropout,
+            identities=self.config.secure.identities,
+            generator=generator,
+        )
+        self._pending = []
+        if len(cohort) < self.config.training.min_clients:
+            return self._failed(round_index, cohort, 0.0)
+        updates, train_seconds = {}, 0.0
+        for client in cohort:
+            updates[client], seconds = self._train(round_index, client)
+            train_seconds += seconds
+        try:
+            outcome = self._aggregate(updates, dropouts, round_index)
+        except secagg.ThresholdNotMet:
+            return self._failed(round_index, cohort, train_seconds)
+        self.server.apply(outcome.mean)
+        accuracy, loss = self.server.evaluate(self.data.test_x, self.data.test_y)
+        return RoundMetrics(
+            round=round_index + 1,
+            accuracy=accuracy,
+            loss=loss,
+            sampled=len(cohort),
+            dropped=len(cohort) - len(outcome.contributors),
+            bytes_up=outcome.bytes_up,
+            bytes_down=outcome.bytes_down,
+            secagg_seconds=outcome.seconds,
+            train_seconds=train_seconds,
+            epsilon=self._charge(),
+        )
+
+    def _charge(self) -> float | None:
+        if self.ledger is None:
+            return None
+        for entry in self._pending:
+            if isinstance(entry, SampleLevelEntry):
+                self.ledger.record_sample(entry)
+            else:
+                self.ledger.record_client(entry)
+        self._pending = []
+        return self.ledger.close_round()
+
+    def _failed(self, round_index: int, cohort: list[int], train_seconds: float) -> RoundMetrics:
+        """Nothing was released: the model is unchanged and no privacy is spent."""
+        self._pending = []
+        if self.ledger is not None:
+            self.ledger.epsilons.append(self.ledger.epsilons[-1] if self.ledger.epsilons else 0.0)
+        accuracy, loss = self.server.evaluate(self.data.test_x, self.data.test_y)
+        return RoundMetrics(
+            round=round_index + 1,
+            accuracy=accuracy,
+            loss=loss,
+            sampled=len(cohort),
+            dropped=len(cohort),
+            bytes_up=0,
+            bytes_down=0,
+            secagg_seconds=0.0,
+            train_seconds=train_seconds,
+            failed=True,
+            epsilon=self.ledger.epsilons[-1] if self.ledger is not None else None,
+        )
