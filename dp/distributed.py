@@ -157,10 +157,11 @@ class DistributedNoiseEncoder:
             )
         if not 8 <= self.ring_bits <= 64:
             raise PrivacyConfigError(f"ring_bits must lie in [8, 64], got {self.ring_bits}")
-        if self.scale <= 0:
+        if self._ring_fit * self.l2_clip < 1:
             raise PrivacyConfigError(
                 f"a {self.ring_bits}-bit ring cannot hold the noisy sum of {self.cohort} clients at "
-                f"wrap-around probability {self.wrap_target}; use more ring bits or fewer clients"
+                f"wrap-around probability {self.wrap_target} with updates resolved to more than one "
+                "integer step; use more ring bits (privacy.ring_bits) or fewer clients per round"
             )
 
     @property
@@ -179,15 +180,18 @@ class DistributedNoiseEncoder:
         return self.noise_multiplier * self.l2_clip / math.sqrt(self.noise_shares)
 
     @property
-    def scale(self) -> float:
-        """s: fills the ring (Kairouz et al. 2021, Sec. 4.4), capped so that each client's
-        scaled noise has standard deviation at most 256 (rounding noise is then negligible)."""
+    def _ring_fit(self) -> float:
+        """The largest scale whose aggregate stays within k standard deviations of the ring."""
         n, clip = self.cohort, self.l2_clip
         room = 2.0 ** (2 * (self.ring_bits - 1)) / self._k**2 - n / 4
         per_unit = (n * clip) ** 2 / self.padded + n * self.local_sigma**2
-        if room <= 0:
-            return 0.0
-        fit = math.sqrt(room / per_unit)
+        return math.sqrt(room / per_unit) if room > 0 else 0.0
+
+    @property
+    def scale(self) -> float:
+        """s: fills the ring (Kairouz et al. 2021, Sec. 4.4), capped so that each client's
+        scaled noise has standard deviation at most 256 (rounding noise is then negligible)."""
+        fit = self._ring_fit
         return min(fit, _MAX_LOCAL_STD / self.local_sigma) if self.local_sigma > 0 else fit
 
     @property

@@ -97,6 +97,8 @@ def _log_a_fractional(q: float, sigma: float, alpha: float) -> float:
 
 def gaussian_rdp(noise_multiplier: float, orders: Sequence[float] = DEFAULT_ORDERS) -> np.ndarray:
     """Gaussian mechanism with sensitivity 1 and noise ``noise_multiplier``: alpha / (2 sigma^2)."""
+    if noise_multiplier == 0:
+        return np.full(len(orders), math.inf)
     return np.asarray(orders, dtype=np.float64) / (2 * noise_multiplier**2)
 
 
@@ -236,6 +238,8 @@ def epsilon_from_rdp(
     """
     alphas = np.asarray(orders, dtype=np.float64)
     rdp = np.asarray(rdp, dtype=np.float64)
+    if not np.any(rdp):  # no mechanism ran: nothing is spent (the conversion would add slack)
+        return 0.0, float(alphas[-1])
     with np.errstate(divide="ignore", invalid="ignore"):
         if classic:
             eps = rdp + math.log(1 / delta) / (alphas - 1)

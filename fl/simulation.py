@@ -129,12 +129,15 @@ def _preflight(config: RunConfig, dimension: int) -> None:
         ) from None
 
 
+_RESUMABLE = {"training.rounds", "privacy.max_epsilon", "out"}
+
+
 def prepare_output(config: RunConfig, *, resume: bool) -> tuple[Path, Checkpoint | None]:
     """Create the output folder and find its checkpoint, refusing to mix two runs in one folder.
 
     Raises:
         FLError: the folder holds a run and ``resume`` is off, or it holds a run made with other
-            settings (only ``training.rounds`` may change on resume).
+            settings (only ``training.rounds`` and ``privacy.max_epsilon`` may change on resume).
     """
     if config.out is None:
         raise FLError("config.out is unset; resolve it first (run_federation does)")
@@ -148,11 +151,11 @@ def prepare_output(config: RunConfig, *, resume: bool) -> tuple[Path, Checkpoint
         )
     if existing is not None:
         saved = parse_toml(existing.config_toml, source=str(out / "checkpoint.json"))
-        differences = _differences(saved.to_dict(), config.to_dict()) - {"training.rounds", "out"}
+        differences = _differences(saved.to_dict(), config.to_dict()) - _RESUMABLE
         if differences:
             raise FLError(
                 f"{out} holds a run made with other settings ({', '.join(sorted(differences))}); "
-                "resume with the same settings (only training.rounds may change) or choose another --out"
+                "resume with the same settings (only training.rounds and privacy.max_epsilon may change) or choose another --out"
             )
     return out, existing
 

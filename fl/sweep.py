@@ -226,6 +226,7 @@ def _plot(out: Path, table: list[dict], level: PrivacyLevel) -> None:
         )
         axis.set_xscale("log")
         axis.set_xticks(eps, [f"{e:g}" for e in eps])
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     if reference is not None:
         axis.axhline(
             100 * reference["accuracy_mean"], color="grey", linestyle="--", label="non-private"

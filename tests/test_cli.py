@@ -118,3 +118,77 @@ def test_run_unknown_model_is_refused_by_the_parser(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--model", "rnn"])
     assert "choose from 'mlp', 'cnn'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("level", ["sample", "client"])
+def test_run_with_dp_reports_epsilon_per_round(level, tmp_path, capsys):
+    """`privagg run --dp LEVEL --epsilon 2` prints an epsilon column and writes privacy.json."""
+    out = tmp_path / level
+    status = main(
+        [
+            "run",
+            "--clients",
+            "4",
+            "--rounds",
+            "2",
+            "--dp",
+            level,
+            "--epsilon",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert status == 0
+    assert "epsilon" in printed.splitlines()[1]
+    assert f"{level}-level" in printed and (out / "privacy.json").is_file()
+
+
+def test_run_with_bad_privacy_values(tmp_path, capsys):
+    """Epsilon <= 0 or a clip <= 0 fail before training with the key named."""
+    assert main(["run", "--dp", "sample", "--epsilon", "0", "--out", str(tmp_path / "a")]) == 2
+    assert "privacy.epsilon" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "run",
+                "--dp",
+                "sample",
+                "--epsilon",
+                "1",
+                "--clip",
+                "-1",
+                "--out",
+                str(tmp_path / "b"),
+            ]
+        )
+        == 2
+    )
+    assert "privacy.clip" in capsys.readouterr().out
+
+
+def test_sweep_command_prints_the_table(tmp_path, capsys):
+    """`privagg sweep` over one epsilon writes its files and prints the accuracy table."""
+    out = tmp_path / "sweep"
+    status = main(
+        [
+            "sweep",
+            "--epsilons",
+            "4",
+            "--seeds",
+            "1",
+            "--rounds",
+            "1",
+            "--clients",
+            "3",
+            "--jobs",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert status == 0
+    assert "Accuracy against epsilon" in printed and "inf (no DP)" in printed
+    assert (out / "accuracy_vs_epsilon.png").is_file()
