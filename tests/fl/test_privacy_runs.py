@@ -86,7 +86,7 @@ def test_budget_stop_and_resume_keep_the_spent_budget(tmp_path):
 
 def test_sample_level_delta_must_be_below_one_over_records(tmp_path):
     """delta >= 1/n (n = the smallest client's examples) is refused before training."""
-    with pytest.raises(ConfigError, match="privacy.delta"):
+    with pytest.raises(ConfigError, match=r"privacy\.delta"):
         run_federation(
             _config(
                 tmp_path,
@@ -97,7 +97,7 @@ def test_sample_level_delta_must_be_below_one_over_records(tmp_path):
 
 def test_client_level_delta_must_be_below_one_over_clients(tmp_path):
     """At client level delta must be below 1/clients."""
-    with pytest.raises(ConfigError, match="privacy.delta"):
+    with pytest.raises(ConfigError, match=r"privacy\.delta"):
         run_federation(
             _config(
                 tmp_path,
@@ -108,7 +108,7 @@ def test_client_level_delta_must_be_below_one_over_clients(tmp_path):
 
 def test_unreachable_target_is_refused_before_training(tmp_path):
     """A target no noise level can reach (here: tiny) is a ConfigError naming privacy.epsilon."""
-    with pytest.raises(ConfigError, match="privacy.epsilon"):
+    with pytest.raises(ConfigError, match=r"privacy\.epsilon"):
         run_federation(_config(tmp_path, **{"privacy.level": "sample", "privacy.epsilon": 1e-4}))
 
 
