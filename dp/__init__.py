@@ -1,6 +1,48 @@
-"""Differential privacy for federated learning: private local training and privacy accounting.
+"""Differential privacy for federated learning.
 
-The package is being built up; it exports nothing yet.
+* :mod:`dp.accounting` - mechanisms as frozen events, RDP and PRV accountants (pure numpy/scipy);
+* :mod:`dp.ledger` - what a run spent, per round and per client, restorable on resume;
+* :mod:`dp.distributed` - client-level distributed noise (Skellam, distributed discrete Gaussian);
+* :mod:`dp.local` - sample-level DP-SGD with Opacus (the only module that imports torch; import
+  it explicitly).
 """
 
-__all__: list[str] = []
+from dp.accounting import (
+    AccountantKind,
+    ComposedEvent,
+    DiscreteGaussianEvent,
+    GaussianEvent,
+    PoissonSampledEvent,
+    PrvAccountant,
+    RdpAccountant,
+    SelfComposedEvent,
+    SkellamEvent,
+    calibrate,
+    make_accountant,
+)
+from dp.distributed import DistributedNoiseEncoder, Mechanism
+from dp.errors import DPError, PrivacyConfigError, UnsupportedEvent
+from dp.ledger import ClientLevelEntry, PrivacyLedger, PrivacyLevel, SampleLevelEntry
+
+__all__ = [
+    "AccountantKind",
+    "ClientLevelEntry",
+    "ComposedEvent",
+    "DPError",
+    "DiscreteGaussianEvent",
+    "DistributedNoiseEncoder",
+    "GaussianEvent",
+    "Mechanism",
+    "PoissonSampledEvent",
+    "PrivacyConfigError",
+    "PrivacyLedger",
+    "PrivacyLevel",
+    "PrvAccountant",
+    "RdpAccountant",
+    "SampleLevelEntry",
+    "SelfComposedEvent",
+    "SkellamEvent",
+    "UnsupportedEvent",
+    "calibrate",
+    "make_accountant",
+]

@@ -95,6 +95,27 @@ def _phases_to_clients(dropouts: Mapping[int, secagg.Phase]) -> dict[secagg.Phas
     return by_phase
 
 
+def _outcome(
+    result: secagg.AggregationResult,
+    *,
+    mean: np.ndarray,
+    total_weight: int,
+    started: float,
+    error_bound: float,
+) -> AggregateOutcome:
+    """Package a protocol round's decoded mean with its traffic and time."""
+    clients = [u for u in result.bytes_sent if u != secagg.messages.SERVER_ID]
+    return AggregateOutcome(
+        mean=mean,
+        contributors=result.contributors,
+        total_weight=total_weight,
+        bytes_up=sum(result.bytes_sent[u] for u in clients),
+        bytes_down=result.bytes_sent[secagg.messages.SERVER_ID],
+        seconds=time.perf_counter() - started,
+        error_bound=error_bound,
+    )
+
+
 def secure_weighted_mean(
     updates: Mapping[int, ClientUpdate],
     *,
@@ -163,14 +184,11 @@ def secure_weighted_mean(
         round_index=round_index,
         progress=progress,
     )
-    clients = [u for u in result.bytes_sent if u != 0]
-    return AggregateOutcome(
+    return _outcome(
+        result,
         mean=encoder.decode(result.total),
-        contributors=result.contributors,
         total_weight=encoder.decode_weight(result.total),
-        bytes_up=sum(result.bytes_sent[u] for u in clients),
-        bytes_down=result.bytes_sent[0],
-        seconds=time.perf_counter() - started,
+        started=started,
         error_bound=encoder.error_bound,
     )
 
@@ -209,14 +227,11 @@ def secure_noisy_mean(
         dropouts=_phases_to_clients(dropouts or {}),
         round_index=round_index,
     )
-    clients = [u for u in result.bytes_sent if u != 0]
     contributors = len(result.contributors)
-    return AggregateOutcome(
+    return _outcome(
+        result,
         mean=encoder.decode(result.total, contributors=contributors, rotation_seed=rotation_seed),
-        contributors=result.contributors,
         total_weight=contributors,
-        bytes_up=sum(result.bytes_sent[u] for u in clients),
-        bytes_down=result.bytes_sent[0],
-        seconds=time.perf_counter() - started,
+        started=started,
         error_bound=math.inf,
     )
