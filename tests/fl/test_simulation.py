@@ -69,7 +69,7 @@ def test_secure_and_plaintext_runs_agree_within_quantisation(tmp_path):
         _config(tmp_path, "plain", **{"training.rounds": 2, "secure.enabled": False})
     )
     difference = max(
-        float((a - b).abs().max())
+        float((a - b).detach().abs().max())
         for a, b in zip(secure.model.parameters(), plain.model.parameters(), strict=True)
     )
     assert difference < 1e-3
