@@ -213,19 +213,7 @@ class Federation:
         except secagg.ThresholdNotMet:
             return self._failed(round_index, cohort, train_seconds)
         self.server.apply(outcome.mean)
-        accuracy, loss = self.server.evaluate(self.data.test_x, self.data.test_y)
-        return RoundMetrics(
-            round=round_index + 1,
-            accuracy=accuracy,
-            loss=loss,
-            sampled=len(cohort),
-            dropped=len(cohort) - len(outcome.contributors),
-            bytes_up=outcome.bytes_up,
-            bytes_down=outcome.bytes_down,
-            secagg_seconds=outcome.seconds,
-            train_seconds=train_seconds,
-            epsilon=self._charge(),
-        )
+        return self._metrics(round_index, cohort, train_seconds, outcome, epsilon=self._charge())
 
     def _charge(self) -> float | None:
         if self.ledger is None:
@@ -241,19 +229,33 @@ class Federation:
     def _failed(self, round_index: int, cohort: list[int], train_seconds: float) -> RoundMetrics:
         """Nothing was released: the model is unchanged and no privacy is spent."""
         self._pending = []
+        epsilon = None
         if self.ledger is not None:
-            self.ledger.epsilons.append(self.ledger.epsilons[-1] if self.ledger.epsilons else 0.0)
+            epsilon = self.ledger.epsilons[-1] if self.ledger.epsilons else 0.0
+            self.ledger.epsilons.append(epsilon)
+        return self._metrics(round_index, cohort, train_seconds, None, epsilon=epsilon)
+
+    def _metrics(
+        self,
+        round_index: int,
+        cohort: list[int],
+        train_seconds: float,
+        outcome: AggregateOutcome | None,
+        *,
+        epsilon: float | None,
+    ) -> RoundMetrics:
+        """Evaluate the global model and describe the round (``outcome`` None: it failed)."""
         accuracy, loss = self.server.evaluate(self.data.test_x, self.data.test_y)
         return RoundMetrics(
             round=round_index + 1,
             accuracy=accuracy,
             loss=loss,
             sampled=len(cohort),
-            dropped=len(cohort),
-            bytes_up=0,
-            bytes_down=0,
-            secagg_seconds=0.0,
+            dropped=len(cohort) - (len(outcome.contributors) if outcome else 0),
+            bytes_up=outcome.bytes_up if outcome else 0,
+            bytes_down=outcome.bytes_down if outcome else 0,
+            secagg_seconds=outcome.seconds if outcome else 0.0,
             train_seconds=train_seconds,
-            failed=True,
-            epsilon=self.ledger.epsilons[-1] if self.ledger is not None else None,
+            failed=outcome is None,
+            epsilon=epsilon,
         )

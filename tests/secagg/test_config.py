@@ -89,6 +89,6 @@ def test_create_draws_a_fresh_session_id_and_recommended_parameters():
     """create() gives a new random session id each time and in-range defaults."""
     a, b = SecAggConfig.create(range(1, 51), 10), SecAggConfig.create(range(1, 51), 10)
     assert a.session_id != b.session_id
-    assert 1 <= a.threshold <= a.neighbours + 1
+    assert a.threshold >= 1 and a.threshold <= a.neighbours + 1
     explicit = SecAggConfig.create(range(1, 51), 10, neighbours=10)
     assert explicit.neighbours == 10 and explicit.threshold <= 11
