@@ -14,6 +14,7 @@ Error handling (see :mod:`secagg.errors`):
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -122,6 +123,83 @@ class Client:
     def stage(self) -> ClientStage:
         """The current stage."""
         return self._stage
+
+    @property
+    def needs_input(self) -> bool:
+        """Whether the next server message is the share bundle, which consumes the input."""
+        return self._stage is ClientStage.KEYS_SHARED
+
+    def to_state(self) -> bytes:
+        """This client's protocol state, for transports that keep no object between messages.
+
+        The state holds this session's private keys and shares: keep it on the client's device
+        (Flower keeps it in the node's context). The input vector is not included: set it right
+        before delivering the share bundle. Encoded as JSON with hex strings (never pickle).
+        """
+        hexed = lambda mapping: {str(k): v.hex() for k, v in mapping.items()}  # noqa: E731
+        state = {
+            "digest": self.config.digest.hex(),
+            "client": self.client_id,
+            "stage": self._stage.value,
+            "error": None if self._error is None else str(self._error),
+            "channel_key": self._channel_key.private_bytes.hex() if self._channel_key else None,
+            "mask_key": self._mask_key.private_bytes.hex() if self._mask_key else None,
+            "own_shares": [share.hex() for share in self._own_shares],
+            "peer_shares": {str(k): [a.hex(), b.hex()] for k, (a, b) in self._peer_shares.items()},
+            "survivors": None if self._survivors is None else sorted(self._survivors),
+            "self_mask_secret": self._self_mask_secret.hex(),
+            "pair_seeds": hexed(self._pair_seeds),
+            "channel_secrets": hexed(self._channel_secrets),
+        }
+        return json.dumps(state).encode()
+
+    @classmethod
+    def from_state(
+        cls,
+        config: SecAggConfig,
+        state: bytes,
+        *,
+        signing_key: signing.SigningKey | None = None,
+        random_bytes: RandomSource = system_random,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ) -> Client:
+        """Rebuild a client from :meth:`to_state` output.
+
+        Raises:
+            LocalProtocolError: the state is unreadable or belongs to another session.
+        """
+        try:
+            data = json.loads(state)
+            if data["digest"] != config.digest.hex():
+                raise LocalProtocolError("the saved client state belongs to another session")
+            client = cls(
+                config,
+                int(data["client"]),
+                signing_key=signing_key,
+                random_bytes=random_bytes,
+                chunk_bytes=chunk_bytes,
+            )
+            unhex = lambda mapping: {int(k): bytes.fromhex(v) for k, v in mapping.items()}  # noqa: E731
+            client._stage = ClientStage(data["stage"])
+            client._error = LocalProtocolError(data["error"]) if data["error"] else None
+            client._channel_key = (
+                AgreementKey(bytes.fromhex(data["channel_key"])) if data["channel_key"] else None
+            )
+            client._mask_key = (
+                AgreementKey(bytes.fromhex(data["mask_key"])) if data["mask_key"] else None
+            )
+            client._own_shares = tuple(bytes.fromhex(v) for v in data["own_shares"])
+            client._peer_shares = {
+                int(k): (bytes.fromhex(a), bytes.fromhex(b))
+                for k, (a, b) in data["peer_shares"].items()
+            }
+            client._survivors = None if data["survivors"] is None else frozenset(data["survivors"])
+            client._self_mask_secret = bytes.fromhex(data["self_mask_secret"])
+            client._pair_seeds = unhex(data["pair_seeds"])
+            client._channel_secrets = unhex(data["channel_secrets"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise LocalProtocolError(f"the saved client state is unreadable ({error})") from None
+        return client
 
     def set_input(self, vector: ArrayLike) -> None:
         """Give the integer vector to aggregate (any time before the share bundle arrives).

@@ -1,0 +1,328 @@
+"""This project's secure aggregation on Flower's engines (optional extra ``privagg[flower]``).
+
+Two pieces, mirroring Flower's own SecAgg+ pair, but carrying :mod:`secagg`'s protocol:
+
+* :func:`privagg_mod` - a ClientApp mod. It intercepts ``train`` messages that carry a
+  ``"privagg"`` config record, runs the client side of the protocol (its state lives in the
+  node's ``context.state``, since Flower keeps no objects between messages), calls the wrapped
+  ClientApp to train when the masked input is due, and replies with protocol bytes only: the
+  model update never leaves the node unmasked.
+* :class:`PrivaggWorkflow` - a ServerApp workflow. Each round it samples nodes, runs one
+  secure-aggregation session with them over ``grid.send_and_receive``, decodes the weighted
+  mean update from the unmasked sum alone and applies it (FedAvg).
+
+A node that does not answer, answers with an error (for instance because it lacks the mod), or
+sends bytes the server rejects (another session, other parameters, another protocol version)
+is treated as dropped: the round completes without it while the threshold holds, and fails
+with :class:`secagg.ThresholdNotMet` otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MessageType,
+    RecordDict,
+)
+from flwr.serverapp import Grid
+
+import secagg
+from secagg.encoding import FixedPointEncoder
+from secagg.randomness import DeterministicRandom, system_random
+
+__all__ = [
+    "FLOWER_RECORD",
+    "PrivaggWorkflow",
+    "RoundReport",
+    "flatten_arrays",
+    "privagg_mod",
+    "unflatten_arrays",
+]
+
+FLOWER_RECORD = "privagg"
+_STATE = "privagg-state"
+_LOG = logging.getLogger("privagg.flower")
+
+
+def flatten_arrays(arrays: ArrayRecord) -> tuple[np.ndarray, list[tuple[str, tuple[int, ...]]]]:
+    """An ArrayRecord as one float64 vector, and the (name, shape) layout to rebuild it."""
+    layout, parts = [], []
+    for name, array in arrays.items():
+        values = array.numpy()
+        layout.append((name, tuple(values.shape)))
+        parts.append(values.astype(np.float64).ravel())
+    return (np.concatenate(parts) if parts else np.zeros(0)), layout
+
+
+def unflatten_arrays(
+    vector: np.ndarray, layout: Sequence[tuple[str, tuple[int, ...]]]
+) -> ArrayRecord:
+    """The inverse of :func:`flatten_arrays` (float32 arrays)."""
+    arrays, offset = {}, 0
+    for name, shape in layout:
+        size = int(np.prod(shape)) if shape else 1
+        arrays[name] = vector[offset : offset + size].reshape(shape).astype(np.float32)
+        offset += size
+    return ArrayRecord({name: Array(value) for name, value in arrays.items()})
+
+
+# -- client side ----------------------------------------------------------------------------------
+
+
+def _error_reply(msg: Message, reason: str) -> Message:
+    return Message(Error(code=0, reason=reason), reply_to=msg)
+
+
+def privagg_mod(
+    msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+) -> Message:
+    """Client mod: run this node's side of the secure-aggregation protocol.
+
+    The wrapped ClientApp trains as usual: it receives the global model as an ArrayRecord named
+    ``"arrays"`` and replies with the local model under ``"arrays"`` and a MetricRecord
+    ``"metrics"`` holding ``"num-examples"`` (the FedAvg weight).
+    """
+    if (
+        msg.metadata.message_type != MessageType.TRAIN
+        or FLOWER_RECORD not in msg.content.config_records
+    ):
+        return call_next(msg, context)
+    request = msg.content.config_records[FLOWER_RECORD]
+    try:
+        reply = _handle(msg, context, request, call_next)
+    except (secagg.SecAggError, ValueError) as error:
+        context.state.config_records.pop(_STATE, None)
+        return _error_reply(msg, f"privagg: {error}")
+    return Message(RecordDict({FLOWER_RECORD: ConfigRecord(reply)}), reply_to=msg)
+
+
+def _handle(msg: Message, context: Context, request: ConfigRecord, call_next: Callable) -> dict:
+    if request.get("drop-in") == request["phase"]:  # injected dropout (tests, experiments)
+        raise ValueError(f"dropping out in {request['phase']} as configured")
+    if request["phase"] == secagg.Phase.ADVERTISE_KEYS.value:
+        config = secagg.SecAggConfig.decode(request["secagg-config"])
+        client = secagg.Client(config, int(request["client-id"]))
+        payload = client.advertise_keys()
+        saved = {
+            key: request[key]
+            for key in ("secagg-config", "encoding", "rounding-seed")
+            if key in request
+        }
+    else:
+        saved = dict(context.state.config_records[_STATE])
+        config = secagg.SecAggConfig.decode(saved["secagg-config"])
+        client = secagg.Client.from_state(config, saved["client-state"])
+        if client.needs_input:
+            client.set_input(_encoded_update(msg, context, saved, client.client_id, call_next))
+        payload = client.receive(request["message"])
+    saved["client-state"] = client.to_state()
+    context.state.config_records[_STATE] = ConfigRecord(saved)
+    return {"message": payload}
+
+
+def _encoded_update(
+    msg: Message, context: Context, saved: dict, client_id: int, call_next: Callable
+) -> np.ndarray:
+    trained = call_next(msg, context)
+    if trained.has_error():
+        raise ValueError(f"local training failed: {trained.error.reason}")
+    global_vector, _ = flatten_arrays(msg.content.array_records["arrays"])
+    local_vector, _ = flatten_arrays(trained.content.array_records["arrays"])
+    weight = int(trained.content.metric_records["metrics"]["num-examples"])
+    encoding = json.loads(saved["encoding"])
+    encoder = FixedPointEncoder(**encoding)
+    seed = saved.get("rounding-seed")
+    random_bytes = DeterministicRandom(f"{seed}/{client_id}".encode()) if seed else system_random
+    return encoder.encode(local_vector - global_vector, weight=weight, random_bytes=random_bytes)
+
+
+# -- server side ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    """What one round on Flower did."""
+
+    round: int
+    nodes: tuple[int, ...]
+    contributors: tuple[int, ...]
+    mean_update: np.ndarray = field(repr=False)
+    total_weight: int
+    seconds: float
+    failures: tuple[str, ...]
+
+
+@dataclass
+class PrivaggWorkflow:
+    """ServerApp workflow: FedAvg whose every round is one session of this project's protocol.
+
+    Args:
+        num_rounds: training rounds.
+        min_nodes: wait for at least this many nodes, and never run with fewer.
+        fraction: fraction of connected nodes sampled per round.
+        threshold, neighbours: protocol parameters (defaults: the recommended ones).
+        max_weight, clip, precision_bits, ring_bits: the fixed-point encoding of updates.
+        timeout: seconds to wait for replies in each phase (None: wait for all).
+        dropouts: node id -> phase name, injected dropouts (tests and experiments).
+        rounding_seed: seed stochastic rounding (replays); unset uses os.urandom.
+        train_config: extra values sent to the ClientApp with the model (e.g. learning rate).
+
+    Example:
+        >>> from flwr.serverapp import ServerApp
+        >>> app = ServerApp()
+        >>> @app.main()
+        ... def main(grid, context):
+        ...     workflow = PrivaggWorkflow(num_rounds=3, min_nodes=10)
+        ...     final_arrays = workflow.run(grid, initial_arrays)  # doctest: +SKIP
+    """
+
+    num_rounds: int = 1
+    min_nodes: int = 2
+    fraction: float = 1.0
+    threshold: int | None = None
+    neighbours: int | None = None
+    max_weight: int = 10_000
+    clip: float = 4.0
+    precision_bits: int = 16
+    ring_bits: int | None = None
+    timeout: float | None = None
+    dropouts: dict[int, str] = field(default_factory=dict)
+    rounding_seed: str | None = None
+    train_config: dict = field(default_factory=dict)
+    reports: list[RoundReport] = field(default_factory=list)
+
+    def wait_for_nodes(self, grid: Grid) -> list[int]:
+        """The connected node ids, once at least ``min_nodes`` are there (or raise at timeout)."""
+        deadline = time.monotonic() + (self.timeout or 600)
+        while True:
+            nodes = sorted(grid.get_node_ids())
+            if len(nodes) >= self.min_nodes:
+                return nodes
+            if time.monotonic() > deadline:
+                raise secagg.ThresholdNotMet(
+                    f"only {len(nodes)} Flower nodes connected; need {self.min_nodes}"
+                )
+            time.sleep(1.0)
+
+    def _exchange(
+        self, grid: Grid, round_number: int, requests: dict[int, dict], arrays: ArrayRecord | None
+    ) -> dict[int, Message]:
+        messages = []
+        for node, config in requests.items():
+            content = RecordDict({FLOWER_RECORD: ConfigRecord(config)})
+            if arrays is not None:
+                content["arrays"] = arrays
+                content["config"] = ConfigRecord(dict(self.train_config))
+            messages.append(
+                Message(
+                    content=content,
+                    dst_node_id=node,
+                    message_type=MessageType.TRAIN,
+                    group_id=str(round_number),
+                )
+            )
+        return {
+            reply.metadata.src_node_id: reply
+            for reply in grid.send_and_receive(messages, timeout=self.timeout)
+        }
+
+    def run_round(self, grid: Grid, arrays: ArrayRecord, round_number: int) -> ArrayRecord:
+        """One round: sample nodes, run the protocol, apply the securely averaged update."""
+        started = time.perf_counter()
+        nodes = self.wait_for_nodes(grid)
+        cohort = nodes[: max(self.min_nodes, round(self.fraction * len(nodes)))]
+        node_of = dict(enumerate(cohort, start=1))
+        vector, layout = flatten_arrays(arrays)
+        needed = FixedPointEncoder.required_ring_bits(
+            len(cohort), self.max_weight, self.clip, self.precision_bits
+        )
+        ring_bits = self.ring_bits or (32 if needed <= 32 else 64)
+        encoding = {
+            "num_clients": len(cohort),
+            "max_weight": self.max_weight,
+            "clip": self.clip,
+            "precision_bits": self.precision_bits,
+            "ring_bits": ring_bits,
+        }
+        encoder = FixedPointEncoder(**encoding)
+        config = secagg.SecAggConfig.create(
+            node_of,
+            vector.size + 1,
+            threshold=self.threshold,
+            neighbours=self.neighbours,
+            ring_bits=ring_bits,
+            input_bound=encoder.entry_bound,
+            round_index=round_number,
+        )
+        server = secagg.Server(config)
+        failures: list[str] = []
+        outgoing: dict[int, bytes] | None = None
+        for phase in secagg.Phase:
+            if (
+                phase is secagg.Phase.CONSISTENCY_CHECK
+            ):  # identities are not configured on Flower yet
+                continue
+            requests = {}
+            for client_id, node in node_of.items():
+                if outgoing is not None and client_id not in outgoing:
+                    continue
+                request = {"phase": phase.value}
+                if node in self.dropouts:
+                    request["drop-in"] = self.dropouts[node]
+                if outgoing is None:
+                    request |= {
+                        "secagg-config": config.encode(),
+                        "client-id": client_id,
+                        "encoding": json.dumps(encoding),
+                    }
+                    if self.rounding_seed:
+                        request["rounding-seed"] = f"{self.rounding_seed}/{round_number}"
+                else:
+                    request["message"] = outgoing[client_id]
+                requests[node] = request
+            replies = self._exchange(
+                grid, round_number, requests, arrays if phase is secagg.Phase.MASKED_INPUT else None
+            )
+            for node, reply in replies.items():
+                if reply.has_error():
+                    failures.append(f"node {node}: {reply.error.reason}")
+                    continue
+                try:
+                    server.receive(reply.content.config_records[FLOWER_RECORD]["message"])
+                except (secagg.RemoteProtocolError, KeyError) as error:
+                    failures.append(f"node {node}: {error}")
+            outgoing = server.close_phase()
+        result = server.result
+        mean = encoder.decode(result.total)
+        self.reports.append(
+            RoundReport(
+                round=round_number,
+                nodes=tuple(cohort),
+                contributors=tuple(node_of[c] for c in sorted(result.contributors)),
+                mean_update=mean,
+                total_weight=encoder.decode_weight(result.total),
+                seconds=time.perf_counter() - started,
+                failures=tuple(failures),
+            )
+        )
+        for failure in failures:
+            _LOG.warning("privagg round %d: %s", round_number, failure)
+        return unflatten_arrays(vector + mean, layout)
+
+    def run(self, grid: Grid, arrays: ArrayRecord) -> ArrayRecord:
+        """All rounds; returns the final global model."""
+        for round_number in range(1, self.num_rounds + 1):
+            arrays = self.run_round(grid, arrays, round_number)
+        return arrays

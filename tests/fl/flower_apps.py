@@ -1,0 +1,76 @@
+"""Flower apps for the tests: clients whose update is a known function of their node id."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+import secagg
+from fl.flower import FLOWER_RECORD, privagg_mod
+
+SHAPES = {"w": (3, 4), "b": (4,)}
+
+
+def node_update(node_id: int) -> tuple[np.ndarray, int]:
+    """The flat update and weight the client on ``node_id`` contributes."""
+    generator = np.random.default_rng(node_id % (2**32))  # test data
+    size = sum(int(np.prod(s)) for s in SHAPES.values())
+    return generator.normal(0, 0.1, size), 10 + node_id % 50
+
+
+def initial_arrays() -> ArrayRecord:
+    return ArrayRecord({name: Array(np.zeros(shape, np.float32)) for name, shape in SHAPES.items()})
+
+
+def _train(msg: Message, context: Context) -> Message:
+    delta, weight = node_update(context.node_id)
+    arrays, offset = {}, 0
+    for name, array in msg.content.array_records["arrays"].items():
+        values = array.numpy()
+        arrays[name] = Array(
+            (values.ravel() + delta[offset : offset + values.size])
+            .reshape(values.shape)
+            .astype(np.float32)
+        )
+        offset += values.size
+    return Message(
+        RecordDict(
+            {"arrays": ArrayRecord(arrays), "metrics": MetricRecord({"num-examples": weight})}
+        ),
+        reply_to=msg,
+    )
+
+
+def make_client_app(
+    *, without_mod: frozenset[int] = frozenset(), other_parameters: frozenset[int] = frozenset()
+) -> ClientApp:
+    """A ClientApp with the privagg mod; the nodes whose ``partition-id`` is in ``without_mod``
+    lack it, those in ``other_parameters`` run the protocol with other parameters."""
+
+    def selective(
+        msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+    ) -> Message:
+        partition = int(context.node_config["partition-id"])
+        if partition in without_mod:
+            return call_next(msg, context)
+        if partition in other_parameters and FLOWER_RECORD in msg.content.config_records:
+            request = msg.content.config_records[FLOWER_RECORD]
+            if "secagg-config" in request:
+                config = secagg.SecAggConfig.decode(request["secagg-config"])
+                request["secagg-config"] = secagg.SecAggConfig.create(
+                    config.client_ids,
+                    config.vector_length,
+                    threshold=config.threshold,
+                    neighbours=config.neighbours,
+                    ring_bits=config.ring_bits,
+                    session_id=config.session_id,
+                    round_index=config.round_index,
+                ).encode()  # the input bound differs: another parameter set
+        return privagg_mod(msg, context, call_next)
+
+    app = ClientApp(mods=[selective])
+    app.train()(_train)
+    return app

@@ -1,0 +1,67 @@
+"""This project's protocol on Flower's simulation engine (Ray backend), against the in-process run."""
+
+import numpy as np
+import pytest
+
+flwr = pytest.importorskip(
+    "flwr", reason="the Flower tests need the optional extra privagg[flower]"
+)
+
+from flwr.app import Context  # noqa: E402
+from flwr.serverapp import Grid, ServerApp  # noqa: E402
+from flwr.simulation import run_simulation  # noqa: E402
+
+import secagg  # noqa: E402
+from fl.aggregation import ClientUpdate, secure_weighted_mean  # noqa: E402
+from fl.flower import PrivaggWorkflow, flatten_arrays  # noqa: E402
+from secagg.randomness import DeterministicRandom  # noqa: E402
+from tests.fl.flower_apps import initial_arrays, make_client_app, node_update  # noqa: E402
+
+
+def test_flower_simulation_matches_the_in_process_protocol():
+    """Ten Flower nodes on the Ray backend: three drop out (share keys, masked input, unmask),
+    one lacks the mod, one runs other parameters. The round completes without the two
+    misfits and the two early dropouts, and its mean equals, bit for bit, the in-process
+    secure weighted mean of the same updates with the same dropouts and rounding."""
+    outcome = {}
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        workflow = PrivaggWorkflow(num_rounds=1, min_nodes=10, threshold=4, rounding_seed="test")
+        nodes = workflow.wait_for_nodes(grid)
+        workflow.dropouts = {nodes[0]: "share-keys", nodes[1]: "masked-input", nodes[2]: "unmask"}
+        outcome["nodes"] = nodes
+        outcome["final"] = workflow.run(grid, initial_arrays())
+        outcome["report"] = workflow.reports[-1]
+
+    app = make_client_app(without_mod=frozenset({8}), other_parameters=frozenset({9}))
+    run_simulation(
+        server_app, app, num_supernodes=10, backend_config={"client_resources": {"num_cpus": 1}}
+    )
+    report, nodes = outcome["report"], outcome["nodes"]
+    client_of = {node: i for i, node in enumerate(nodes, start=1)}
+    reasons = {int(f.split(":")[0].split()[1]): f for f in report.failures}
+    misfits = {node for node, reason in reasons.items() if "dropping out" not in reason}
+    assert len(misfits) == 2  # no mod, and other parameters: both refused at the first message
+    assert any("different parameters" in reasons[node] for node in misfits)
+    assert set(report.contributors) == set(nodes) - misfits - {nodes[0], nodes[1]}
+    updates = {client_of[n]: ClientUpdate(*node_update(n)) for n in nodes}
+    # the mean depends only on who contributed: every other client counts as dropped
+    dropped = {
+        client_of[n]: secagg.Phase.ADVERTISE_KEYS for n in set(nodes) - set(report.contributors)
+    }
+    expected = secure_weighted_mean(
+        updates,
+        max_weight=10_000,
+        clip=4.0,
+        precision_bits=16,
+        threshold=4,
+        dropouts=dropped,
+        round_index=1,
+        rounding_random=lambda u: DeterministicRandom(f"test/1/{u}".encode()),
+    )
+    assert np.array_equal(report.mean_update, expected.mean)
+    assert report.total_weight == expected.total_weight
+    final, _ = flatten_arrays(outcome["final"])
+    assert np.allclose(final, expected.mean.astype(np.float32))
