@@ -1,4 +1,8 @@
-"""Federated learning on top of :mod:`secagg`: the in-process engine, data, models and the CLI.
+"""Federated learning on top of :mod:`secagg` and :mod:`dp`: the in-process engine, data, models,
+privacy experiments, the Flower adapter and the ``privagg`` CLI.
+
+Names are loaded on first use, so that light entry points (the CLI's protocol demo, the Flower
+mod's protocol messages) do not import torch.
 
 Example:
     >>> from fl import RunConfig, run_federation
@@ -7,48 +11,51 @@ Example:
     >>> result.summary["final_accuracy"]  # doctest: +SKIP
 """
 
-from fl.aggregation import (
-    AggregateOutcome,
-    ClientUpdate,
-    plain_weighted_mean,
-    secure_weighted_mean,
-)
-from fl.config import (
-    DataConfig,
-    ModelConfig,
-    RunConfig,
-    SecureConfig,
-    TrainingConfig,
-    load_config,
-)
-from fl.data import FederatedData, build_federated_data
-from fl.demo import DemoOutcome, run_aggregation_demo
-from fl.errors import ConfigError, DataError, FLError
-from fl.models import CNN, MLP
-from fl.report import RoundMetrics
-from fl.simulation import RunResult, run_federation
+from __future__ import annotations
 
-__all__ = [
-    "CNN",
-    "MLP",
-    "AggregateOutcome",
-    "ClientUpdate",
-    "ConfigError",
-    "DataConfig",
-    "DataError",
-    "DemoOutcome",
-    "FLError",
-    "FederatedData",
-    "ModelConfig",
-    "RoundMetrics",
-    "RunConfig",
-    "RunResult",
-    "SecureConfig",
-    "TrainingConfig",
-    "build_federated_data",
-    "load_config",
-    "plain_weighted_mean",
-    "run_aggregation_demo",
-    "run_federation",
-    "secure_weighted_mean",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AggregateOutcome": "fl.aggregation",
+    "ClientUpdate": "fl.aggregation",
+    "plain_weighted_mean": "fl.aggregation",
+    "secure_noisy_mean": "fl.aggregation",
+    "secure_weighted_mean": "fl.aggregation",
+    "DataConfig": "fl.config",
+    "ModelConfig": "fl.config",
+    "PrivacyConfig": "fl.config",
+    "RunConfig": "fl.config",
+    "SecureConfig": "fl.config",
+    "TrainingConfig": "fl.config",
+    "load_config": "fl.config",
+    "FederatedData": "fl.data",
+    "build_federated_data": "fl.data",
+    "DemoOutcome": "fl.demo",
+    "run_aggregation_demo": "fl.demo",
+    "ConfigError": "fl.errors",
+    "DataError": "fl.errors",
+    "FLError": "fl.errors",
+    "CNN": "fl.models",
+    "MLP": "fl.models",
+    "RoundMetrics": "fl.report",
+    "RunResult": "fl.simulation",
+    "run_federation": "fl.simulation",
+    "plan_sweep": "fl.sweep",
+    "run_sweep": "fl.sweep",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fl' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
