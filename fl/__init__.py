@@ -41,6 +41,7 @@ _EXPORTS = {
     "RoundMetrics": "fl.report",
     "RunResult": "fl.simulation",
     "run_federation": "fl.simulation",
+    "secure_average": "fl.plug",
     "plan_sweep": "fl.sweep",
     "run_sweep": "fl.sweep",
 }
