@@ -45,7 +45,10 @@ def main():
             updates.append({k: v - global_state[k] for k, v in local.state_dict().items()})
             weights.append(len(shard))
         total = sum(weights)
-        mean = {k: sum(w * u[k] for u, w in zip(updates, weights, strict=True)) / total for k in global_state}
+        mean = {
+            k: sum(w * u[k] for u, w in zip(updates, weights, strict=True)) / total
+            for k in global_state
+        }
         model.load_state_dict({k: global_state[k] + mean[k] for k in global_state})
         with torch.no_grad():
             accuracy = (model(x[test]).argmax(1) == y[test]).float().mean().item()

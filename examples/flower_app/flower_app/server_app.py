@@ -12,6 +12,13 @@ from fl.flower import PrivaggWorkflow
 from flower_app import task
 
 app = ServerApp()
+DEFAULTS = {
+    "num-rounds": 3,
+    "min-nodes": 3,
+    "local-epochs": 2,
+    "learning-rate": 0.1,
+    "result-path": "",
+}
 
 
 @app.main()
