@@ -24,7 +24,7 @@ DEFAULTS = {
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run the configured rounds, log the test accuracy, optionally write it as JSON."""
-    config = context.run_config
+    config = {**DEFAULTS, **context.run_config}
     workflow = PrivaggWorkflow(
         num_rounds=int(config["num-rounds"]),
         min_nodes=int(config["min-nodes"]),
