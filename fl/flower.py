@@ -40,6 +40,7 @@ from flwr.serverapp import Grid
 
 import secagg
 from secagg.encoding import FixedPointEncoder
+from secagg.hazmat.signing import SigningKey
 from secagg.randomness import DeterministicRandom, system_random
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
 
 FLOWER_RECORD = "privagg"
 _STATE = "privagg-state"
+_HELLO = "hello"
 _LOG = logging.getLogger("privagg.flower")
 
 
@@ -85,45 +87,115 @@ def _error_reply(msg: Message, reason: str) -> Message:
     return Message(Error(code=0, reason=reason), reply_to=msg)
 
 
-def privagg_mod(
-    msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
-) -> Message:
-    """Client mod: run this node's side of the secure-aggregation protocol.
+@dataclass(frozen=True)
+class NodeIdentity:
+    """A node's long-term Ed25519 key and the federation's allowlist of identity public keys."""
 
-    The wrapped ClientApp trains as usual: it receives the global model as an ArrayRecord named
-    ``"arrays"`` and replies with the local model under ``"arrays"`` and a MetricRecord
-    ``"metrics"`` holding ``"num-examples"`` (the FedAvg weight).
+    signing_key: SigningKey
+    allowlist: frozenset[bytes]
+
+
+IdentityProvider = Callable[[Context], "NodeIdentity | None"]
+
+
+def identity_from_node_config(context: Context) -> NodeIdentity | None:
+    """The default provider: files named by the node config, or None without them.
+
+    ``privagg-key``: a file holding the node's 32-byte Ed25519 private key in hex;
+    ``privagg-allowlist``: a file of the federation's identity public keys, hex, one per line.
     """
-    if (
-        msg.metadata.message_type != MessageType.TRAIN
-        or FLOWER_RECORD not in msg.content.config_records
-    ):
-        return call_next(msg, context)
-    request = msg.content.config_records[FLOWER_RECORD]
-    try:
-        reply = _handle(msg, context, request, call_next)
-    except (secagg.SecAggError, ValueError) as error:
-        context.state.config_records.pop(_STATE, None)
-        return _error_reply(msg, f"privagg: {error}")
-    return Message(RecordDict({FLOWER_RECORD: ConfigRecord(reply)}), reply_to=msg)
+    key_path = context.node_config.get("privagg-key")
+    list_path = context.node_config.get("privagg-allowlist")
+    if not key_path or not list_path:
+        return None
+    with open(str(key_path)) as handle:
+        key = SigningKey(bytes.fromhex(handle.read().strip()))
+    with open(str(list_path)) as handle:
+        allowed = frozenset(bytes.fromhex(line.strip()) for line in handle if line.strip())
+    return NodeIdentity(key, allowed)
 
 
-def _handle(msg: Message, context: Context, request: ConfigRecord, call_next: Callable) -> dict:
+def make_privagg_mod(identity: IdentityProvider = identity_from_node_config) -> Callable:
+    """A client mod; ``identity`` supplies the node's identity key and allowlist (or None)."""
+
+    def mod(
+        msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+    ) -> Message:
+        if (
+            msg.metadata.message_type != MessageType.TRAIN
+            or FLOWER_RECORD not in msg.content.config_records
+        ):
+            return call_next(msg, context)
+        request = msg.content.config_records[FLOWER_RECORD]
+        try:
+            reply = _handle(msg, context, request, call_next, identity(context))
+        except (secagg.SecAggError, ValueError, OSError) as error:
+            context.state.config_records.pop(_STATE, None)
+            return _error_reply(msg, f"privagg: {error}")
+        return Message(RecordDict({FLOWER_RECORD: ConfigRecord(reply)}), reply_to=msg)
+
+    return mod
+
+
+privagg_mod = make_privagg_mod()
+privagg_mod.__doc__ = """Client mod: run this node's side of the secure-aggregation protocol.
+
+The wrapped ClientApp trains as usual: it receives the global model as an ArrayRecord named
+``"arrays"`` and replies with the local model under ``"arrays"`` and a MetricRecord
+``"metrics"`` holding ``"num-examples"`` (the FedAvg weight). With ``privagg-key`` and
+``privagg-allowlist`` in the node config, the node signs with its identity and only accepts
+sessions whose identities are all on the allowlist.
+"""
+
+
+def _checked_identity(
+    config: secagg.SecAggConfig, client_id: int, identity: NodeIdentity | None
+) -> SigningKey | None:
+    if config.identities is None:
+        return None
+    if identity is None:
+        raise ValueError("the session requires identities, but this node has none configured")
+    strangers = set(config.identities.values()) - identity.allowlist
+    if strangers:
+        raise ValueError(
+            f"the session names {len(strangers)} identities outside this node's allowlist"
+        )
+    if config.identities[client_id] != identity.signing_key.public_bytes:
+        raise ValueError("the session assigns this node's client id to another identity")
+    return identity.signing_key
+
+
+def _handle(
+    msg: Message,
+    context: Context,
+    request: ConfigRecord,
+    call_next: Callable,
+    identity: NodeIdentity | None,
+) -> dict:
     if request.get("drop-in") == request["phase"]:  # injected dropout (tests, experiments)
         raise ValueError(f"dropping out in {request['phase']} as configured")
+    if request["phase"] == _HELLO:
+        if identity is None:
+            raise ValueError("identities were requested, but this node has none configured")
+        return {"identity": identity.signing_key.public_bytes}
     if request["phase"] == secagg.Phase.ADVERTISE_KEYS.value:
         config = secagg.SecAggConfig.decode(request["secagg-config"])
-        client = secagg.Client(config, int(request["client-id"]))
+        client_id = int(request["client-id"])
+        client = secagg.Client(
+            config, client_id, signing_key=_checked_identity(config, client_id, identity)
+        )
         payload = client.advertise_keys()
         saved = {
             key: request[key]
             for key in ("secagg-config", "encoding", "rounding-seed")
             if key in request
         }
+        saved["client-id"] = client_id
     else:
         saved = dict(context.state.config_records[_STATE])
         config = secagg.SecAggConfig.decode(saved["secagg-config"])
-        client = secagg.Client.from_state(config, saved["client-state"])
+        key = _checked_identity(config, int(saved["client-id"]), identity)
+        client = secagg.Client.from_state(config, saved["client-state"], signing_key=key)
         if client.needs_input:
             client.set_input(_encoded_update(msg, context, saved, client.client_id, call_next))
         payload = client.receive(request["message"])
@@ -178,6 +250,9 @@ class PrivaggWorkflow:
         dropouts: node id -> phase name, injected dropouts (tests and experiments).
         rounding_seed: seed stochastic rounding (replays); unset uses os.urandom.
         train_config: extra values sent to the ClientApp with the model (e.g. learning rate).
+        allowlist: the federation's Ed25519 identity public keys. When set, each sampled node
+            names its identity first; nodes off the list (or claiming a taken identity) are left
+            out, every message is signed and the consistency check runs (SECURITY.md).
 
     Example:
         >>> from flwr.serverapp import ServerApp
@@ -201,6 +276,7 @@ class PrivaggWorkflow:
     dropouts: dict[int, str] = field(default_factory=dict)
     rounding_seed: str | None = None
     train_config: dict = field(default_factory=dict)
+    allowlist: frozenset[bytes] | None = None
     reports: list[RoundReport] = field(default_factory=list)
 
     def wait_for_nodes(self, grid: Grid) -> list[int]:
@@ -243,6 +319,14 @@ class PrivaggWorkflow:
         started = time.perf_counter()
         nodes = self.wait_for_nodes(grid)
         cohort = nodes[: max(self.min_nodes, round(self.fraction * len(nodes)))]
+        failures: list[str] = []
+        identities = None
+        if self.allowlist is not None:
+            cohort, identities = self._identities(grid, round_number, cohort, failures)
+            if len(cohort) < 2:
+                raise secagg.ThresholdNotMet(
+                    f"only {len(cohort)} nodes hold allowed identities: {failures}"
+                )
         node_of = dict(enumerate(cohort, start=1))
         vector, layout = flatten_arrays(arrays)
         needed = FixedPointEncoder.required_ring_bits(
@@ -265,14 +349,14 @@ class PrivaggWorkflow:
             ring_bits=ring_bits,
             input_bound=encoder.entry_bound,
             round_index=round_number,
+            identities=None
+            if identities is None
+            else {c: identities[n] for c, n in node_of.items()},
         )
         server = secagg.Server(config)
-        failures: list[str] = []
         outgoing: dict[int, bytes] | None = None
         for phase in secagg.Phase:
-            if (
-                phase is secagg.Phase.CONSISTENCY_CHECK
-            ):  # identities are not configured on Flower yet
+            if phase is secagg.Phase.CONSISTENCY_CHECK and identities is None:
                 continue
             requests = {}
             for client_id, node in node_of.items():
@@ -320,6 +404,27 @@ class PrivaggWorkflow:
         for failure in failures:
             _LOG.warning("privagg round %d: %s", round_number, failure)
         return unflatten_arrays(vector + mean, layout)
+
+    def _identities(
+        self, grid: Grid, round_number: int, cohort: list[int], failures: list[str]
+    ) -> tuple[list[int], dict[int, bytes]]:
+        """Ask each node for its identity; keep those on the allowlist, each identity once."""
+        replies = self._exchange(
+            grid, round_number, {node: {"phase": _HELLO} for node in cohort}, None
+        )
+        identities: dict[int, bytes] = {}
+        for node in cohort:
+            reply = replies.get(node)
+            if reply is None or reply.has_error():
+                reason = reply.error.reason if reply is not None else "no reply"
+                failures.append(f"node {node}: no identity ({reason})")
+                continue
+            claimed = bytes(reply.content.config_records[FLOWER_RECORD]["identity"])
+            if claimed not in self.allowlist or claimed in identities.values():
+                failures.append(f"node {node}: identity not on the allowlist, or already taken")
+                continue
+            identities[node] = claimed
+        return [node for node in cohort if node in identities], identities
 
     def run(self, grid: Grid, arrays: ArrayRecord) -> ArrayRecord:
         """All rounds; returns the final global model."""

@@ -9,7 +9,8 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 from flwr.clientapp import ClientApp
 
 import secagg
-from fl.flower import FLOWER_RECORD, privagg_mod
+from fl.flower import FLOWER_RECORD, NodeIdentity, make_privagg_mod, privagg_mod
+from secagg.hazmat.signing import SigningKey
 
 SHAPES = {"w": (3, 4), "b": (4,)}
 
@@ -72,5 +73,27 @@ def make_client_app(
         return privagg_mod(msg, context, call_next)
 
     app = ClientApp(mods=[selective])
+    app.train()(_train)
+    return app
+
+
+def identity_keys(count: int) -> list[SigningKey]:
+    """Deterministic identity keys for partitions 0..count-1 (tests only)."""
+    return [SigningKey(bytes([partition + 1]) * 32) for partition in range(count)]
+
+
+def make_identity_client_app(count: int, *, impostor: int | None = None) -> ClientApp:
+    """A ClientApp whose nodes hold identities; the ``impostor`` partition holds a key that is
+    not on the allowlist."""
+    allowlist = frozenset(
+        k.public_bytes for k in identity_keys(count)
+    )  # bytes: Ray pickles the app
+
+    def identity(context: Context) -> NodeIdentity:
+        partition = int(context.node_config["partition-id"])
+        key = SigningKey(b"\xee" * 32) if partition == impostor else identity_keys(count)[partition]
+        return NodeIdentity(key, allowlist)
+
+    app = ClientApp(mods=[make_privagg_mod(identity)])
     app.train()(_train)
     return app

@@ -65,3 +65,32 @@ def test_flower_simulation_matches_the_in_process_protocol():
     assert report.total_weight == expected.total_weight
     final, _ = flatten_arrays(outcome["final"])
     assert np.allclose(final, expected.mean.astype(np.float32))
+
+
+def test_flower_with_identities_runs_the_consistency_check_and_refuses_impostors():
+    """With an allowlist every node signs with its identity and the consistency check runs; a
+    node whose key is not on the allowlist is left out and the round completes without it."""
+    from tests.fl.flower_apps import identity_keys, make_identity_client_app
+
+    outcome = {}
+    server_app = ServerApp()
+    allowlist = frozenset(key.public_bytes for key in identity_keys(10))
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        workflow = PrivaggWorkflow(num_rounds=1, min_nodes=10, allowlist=allowlist, threshold=5)
+        nodes = workflow.wait_for_nodes(grid)
+        workflow.dropouts = {nodes[0]: "consistency-check"}
+        workflow.run(grid, initial_arrays())
+        outcome["report"], outcome["nodes"] = workflow.reports[-1], nodes
+
+    run_simulation(
+        server_app,
+        make_identity_client_app(10, impostor=9),
+        num_supernodes=10,
+        backend_config={"client_resources": {"num_cpus": 1}},
+    )
+    report = outcome["report"]
+    assert any("allowlist" in failure for failure in report.failures)
+    assert any("consistency-check" in failure for failure in report.failures)
+    assert len(report.contributors) == 9  # the impostor is out; the consistency dropout counts
