@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +42,8 @@ from flwr.app import (
 from flwr.serverapp import Grid
 
 import secagg
+from dp.distributed import DistributedNoiseEncoder, Mechanism
+from dp.ledger import ClientLevelEntry, PrivacyLedger, PrivacyLevel
 from secagg.encoding import FixedPointEncoder
 from secagg.hazmat.signing import SigningKey
 from secagg.randomness import DeterministicRandom, system_random
@@ -214,6 +219,13 @@ def _encoded_update(
     local_vector, _ = flatten_arrays(trained.content.array_records["arrays"])
     weight = int(trained.content.metric_records["metrics"]["num-examples"])
     encoding = json.loads(saved["encoding"])
+    kind = encoding.pop("kind")
+    if kind == "distributed-dp":  # client-level DP: clip, rotate, round, add noise; equal weights
+        rotation = bytes.fromhex(encoding.pop("rotation-seed"))
+        noisy = DistributedNoiseEncoder(
+            **{**encoding, "mechanism": Mechanism(encoding["mechanism"])}
+        )
+        return noisy.encode(local_vector - global_vector, rotation_seed=rotation)
     encoder = FixedPointEncoder(**encoding)
     seed = saved.get("rounding-seed")
     random_bytes = DeterministicRandom(f"{seed}/{client_id}".encode()) if seed else system_random
@@ -234,6 +246,7 @@ class RoundReport:
     total_weight: int
     seconds: float
     failures: tuple[str, ...]
+    epsilon: float | None = None
 
 
 @dataclass
@@ -253,6 +266,10 @@ class PrivaggWorkflow:
         allowlist: the federation's Ed25519 identity public keys. When set, each sampled node
             names its identity first; nodes off the list (or claiming a taken identity) are left
             out, every message is signed and the consistency check runs (SECURITY.md).
+        dp_noise_multiplier: turn on client-level DP: clients are Poisson-sampled with rate
+            ``fraction``, clip their update to ``dp_clip`` and add ``dp_mechanism`` noise
+            (skellam or ddg) before masking, in a ``dp_ring_bits`` ring; ``ledger`` then holds
+            the epsilon spent (at ``dp_delta``), also reported per round.
 
     Example:
         >>> from flwr.serverapp import ServerApp
@@ -277,7 +294,14 @@ class PrivaggWorkflow:
     rounding_seed: str | None = None
     train_config: dict = field(default_factory=dict)
     allowlist: frozenset[bytes] | None = None
+    dp_noise_multiplier: float | None = None
+    dp_clip: float = 1.0
+    dp_mechanism: str = "skellam"
+    dp_ring_bits: int = 32
+    dp_delta: float = 1e-5
     reports: list[RoundReport] = field(default_factory=list)
+    ledger: PrivacyLedger | None = None
+    _pending: ClientLevelEntry | None = field(default=None, repr=False)
 
     def wait_for_nodes(self, grid: Grid) -> list[int]:
         """The connected node ids, once at least ``min_nodes`` are there (or raise at timeout)."""
@@ -314,45 +338,104 @@ class PrivaggWorkflow:
             for reply in grid.send_and_receive(messages, timeout=self.timeout)
         }
 
+    def _sample(self, nodes: list[int]) -> list[int]:
+        """The round's cohort: a uniform sample of ``fraction`` of the nodes (at least
+        ``min_nodes``), or a Poisson sample with rate ``fraction`` under client-level DP, which
+        its accounting assumes. Drawn from the operating system's CSPRNG."""
+        chooser = secrets.SystemRandom()
+        if self.dp_noise_multiplier is not None:
+            return sorted(n for n in nodes if chooser.random() < self.fraction)
+        size = min(len(nodes), max(self.min_nodes, round(self.fraction * len(nodes))))
+        return sorted(chooser.sample(nodes, size))
+
+    def _session(
+        self,
+        node_of: dict[int, int],
+        dimension: int,
+        identities: dict[int, bytes] | None,
+        round_number: int,
+    ) -> tuple[secagg.SecAggConfig, dict, Callable[[secagg.ServerResult], tuple[np.ndarray, int]]]:
+        """The protocol configuration, the encoding the clients need, and the decoder."""
+        cohort = len(node_of)
+        identity_map = (
+            None if identities is None else {c: identities[n] for c, n in node_of.items()}
+        )
+        common = dict(
+            threshold=self.threshold,
+            neighbours=self.neighbours,
+            round_index=round_number,
+            identities=identity_map,
+        )
+        if self.dp_noise_multiplier is None:
+            needed = FixedPointEncoder.required_ring_bits(
+                cohort, self.max_weight, self.clip, self.precision_bits
+            )
+            params = {
+                "num_clients": cohort,
+                "max_weight": self.max_weight,
+                "clip": self.clip,
+                "precision_bits": self.precision_bits,
+                "ring_bits": self.ring_bits or (32 if needed <= 32 else 64),
+            }
+            encoder = FixedPointEncoder(**params)
+            config = secagg.SecAggConfig.create(
+                node_of,
+                dimension + 1,
+                ring_bits=params["ring_bits"],
+                input_bound=encoder.entry_bound,
+                **common,
+            )
+            return (
+                config,
+                {"kind": "fixed-point", **params},
+                lambda r: (encoder.decode(r.total), encoder.decode_weight(r.total)),
+            )
+        config = secagg.SecAggConfig.create(
+            node_of,
+            1 << max(0, math.ceil(math.log2(dimension))),
+            ring_bits=self.dp_ring_bits,
+            **common,
+        )
+        params = {
+            "mechanism": self.dp_mechanism,
+            "dimension": dimension,
+            "l2_clip": self.dp_clip,
+            "noise_multiplier": self.dp_noise_multiplier,
+            "cohort": cohort,
+            "noise_shares": config.threshold,
+            "ring_bits": self.dp_ring_bits,
+        }
+        noisy = DistributedNoiseEncoder(**{**params, "mechanism": Mechanism(self.dp_mechanism)})
+        rotation = os.urandom(32)
+        if self.ledger is None:
+            self.ledger = PrivacyLedger(level=PrivacyLevel.CLIENT, delta=self.dp_delta)
+        self._pending = noisy.ledger_entry(
+            round_index=round_number, client_sampling_rate=self.fraction
+        )
+
+        def decode(result: secagg.ServerResult) -> tuple[np.ndarray, int]:
+            contributors = len(result.contributors)
+            return noisy.decode(
+                result.total, contributors=contributors, rotation_seed=rotation
+            ), contributors
+
+        return config, {"kind": "distributed-dp", "rotation-seed": rotation.hex(), **params}, decode
+
     def run_round(self, grid: Grid, arrays: ArrayRecord, round_number: int) -> ArrayRecord:
         """One round: sample nodes, run the protocol, apply the securely averaged update."""
         started = time.perf_counter()
-        nodes = self.wait_for_nodes(grid)
-        cohort = nodes[: max(self.min_nodes, round(self.fraction * len(nodes)))]
+        cohort = self._sample(self.wait_for_nodes(grid))
         failures: list[str] = []
         identities = None
         if self.allowlist is not None:
             cohort, identities = self._identities(grid, round_number, cohort, failures)
-            if len(cohort) < 2:
-                raise secagg.ThresholdNotMet(
-                    f"only {len(cohort)} nodes hold allowed identities: {failures}"
-                )
+        if len(cohort) < 2:
+            raise secagg.ThresholdNotMet(
+                f"only {len(cohort)} nodes can take part in round {round_number}: {failures}"
+            )
         node_of = dict(enumerate(cohort, start=1))
         vector, layout = flatten_arrays(arrays)
-        needed = FixedPointEncoder.required_ring_bits(
-            len(cohort), self.max_weight, self.clip, self.precision_bits
-        )
-        ring_bits = self.ring_bits or (32 if needed <= 32 else 64)
-        encoding = {
-            "num_clients": len(cohort),
-            "max_weight": self.max_weight,
-            "clip": self.clip,
-            "precision_bits": self.precision_bits,
-            "ring_bits": ring_bits,
-        }
-        encoder = FixedPointEncoder(**encoding)
-        config = secagg.SecAggConfig.create(
-            node_of,
-            vector.size + 1,
-            threshold=self.threshold,
-            neighbours=self.neighbours,
-            ring_bits=ring_bits,
-            input_bound=encoder.entry_bound,
-            round_index=round_number,
-            identities=None
-            if identities is None
-            else {c: identities[n] for c, n in node_of.items()},
-        )
+        config, encoding, decode = self._session(node_of, vector.size, identities, round_number)
         server = secagg.Server(config)
         outgoing: dict[int, bytes] | None = None
         for phase in secagg.Phase:
@@ -389,16 +472,21 @@ class PrivaggWorkflow:
                     failures.append(f"node {node}: {error}")
             outgoing = server.close_phase()
         result = server.result
-        mean = encoder.decode(result.total)
+        mean, weight = decode(result)
+        epsilon = None
+        if self.ledger is not None and self._pending is not None:
+            self.ledger.record_client(self._pending)
+            epsilon = self.ledger.close_round()
         self.reports.append(
             RoundReport(
                 round=round_number,
                 nodes=tuple(cohort),
                 contributors=tuple(node_of[c] for c in sorted(result.contributors)),
                 mean_update=mean,
-                total_weight=encoder.decode_weight(result.total),
+                total_weight=weight,
                 seconds=time.perf_counter() - started,
                 failures=tuple(failures),
+                epsilon=epsilon,
             )
         )
         for failure in failures:

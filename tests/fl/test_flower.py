@@ -94,3 +94,33 @@ def test_flower_with_identities_runs_the_consistency_check_and_refuses_impostors
     assert any("allowlist" in failure for failure in report.failures)
     assert any("consistency-check" in failure for failure in report.failures)
     assert len(report.contributors) == 9  # the impostor is out; the consistency dropout counts
+
+
+def test_flower_with_client_level_dp_reports_epsilon():
+    """Client-level DP on Flower: clients add distributed Skellam noise before masking; the
+    workflow's ledger reports epsilon, and the noisy mean stays near the true mean."""
+    outcome = {}
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        workflow = PrivaggWorkflow(
+            num_rounds=1, min_nodes=10, dp_noise_multiplier=0.5, dp_clip=10.0
+        )
+        nodes = workflow.wait_for_nodes(grid)
+        workflow.run(grid, initial_arrays())
+        outcome["report"], outcome["nodes"] = workflow.reports[-1], nodes
+
+    run_simulation(
+        server_app,
+        make_client_app(),
+        num_supernodes=10,
+        backend_config={"client_resources": {"num_cpus": 1}},
+    )
+    report = outcome["report"]
+    assert report.epsilon is not None and report.epsilon > 0
+    contributors = report.contributors
+    exact = np.mean([node_update(n)[0] for n in contributors], axis=0)
+    # noise std on the mean: z * C * sqrt(n / t) / n = 0.5 * 10 * sqrt(10 / 6) / 10 ~ 0.65
+    assert np.abs(report.mean_update - exact).std() < 1.5
+    assert report.total_weight == len(contributors)
