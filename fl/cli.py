@@ -281,6 +281,26 @@ def _sweep(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace, console: Console) -> int:
+    from pathlib import Path
+
+    from fl.audit_report import build_report, render_markdown, write_report
+    from fl.config import load_config
+
+    config = load_config(args.config) if args.config else RunConfig()
+    console.print(
+        "[bold]privagg audit[/]: empirical privacy audit"
+        + ("" if args.no_tests else " and backing tests")
+        + " ..."
+    )
+    report = build_report(config, run_tests=not args.no_tests)
+    write_report(Path(args.out), report)
+    console.print(render_markdown(report), markup=False, highlight=False)
+    console.print(f"written to {args.out}/: audit.md, audit.json")
+    failed = any(result["failed"] for result in (report["claims"] or {}).values())
+    return 1 if failed else 0
+
+
 def _privacy_summary(config: RunConfig) -> str:
     privacy = config.privacy
     if privacy.level is PrivacyLevel.NONE:
@@ -302,6 +322,21 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_run_parser(commands)
     _add_sweep_parser(commands)
+    audit = commands.add_parser(
+        "audit",
+        help="guarantee report: threat model, parameters, empirical privacy audit, backing tests",
+        description=(
+            "Write audit.md and audit.json for a configuration: the threat model; n, t, k, ring "
+            "and dropout tolerance; identities; the DP level with (epsilon, delta) and accountant; "
+            "the one-run empirical audit's epsilon lower bound (Steinke et al. 2023); and, for "
+            "each claim, the tests that back it and their result (runs pytest in a checkout)."
+        ),
+    )
+    audit.add_argument(
+        "--config", metavar="FILE", help="TOML configuration (default: the default run)"
+    )
+    audit.add_argument("--out", metavar="DIR", default="runs/audit", help="report folder")
+    audit.add_argument("--no-tests", action="store_true", help="skip running the backing tests")
     aggregate = commands.add_parser(
         "aggregate",
         help="run one secure-aggregation round over in-process clients and check the sum",
@@ -388,6 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args, console)
         if args.command == "sweep":
             return _sweep(args, console)
+        if args.command == "audit":
+            return _audit(args, console)
         return _aggregate(args, console)
     except FLError as error:
         console.print(f"[red]error:[/] {error}")

@@ -192,3 +192,15 @@ def test_sweep_command_prints_the_table(tmp_path, capsys):
     assert status == 0
     assert "Accuracy against epsilon" in printed and "inf (no DP)" in printed
     assert (out / "accuracy_vs_epsilon.png").is_file()
+
+
+def test_audit_command_writes_the_report(tmp_path, capsys):
+    """`privagg audit` writes audit.md and audit.json with parameters and the audit's bound."""
+    import json
+
+    status = main(["audit", "--no-tests", "--out", str(tmp_path / "audit")])
+    assert status == 0
+    report = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    assert report["secure_aggregation"]["threshold"] == 6
+    assert report["empirical_audit"]["lower_bound"] >= 0
+    assert "Empirical privacy audit" in (tmp_path / "audit" / "audit.md").read_text()

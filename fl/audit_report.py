@@ -1,0 +1,234 @@
+"""``privagg audit``: the guarantee report of a configuration, backed by tests and an audit.
+
+The report states the threat model and parameters of a configuration, runs the empirical
+privacy audit (:mod:`fl.audit`), runs the test suites that back each claim, and writes
+``audit.md`` and ``audit.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass
+from pathlib import Path
+
+import secagg
+from dp.ledger import PrivacyLevel
+from fl.audit import AuditResult, run_canary_audit
+from fl.config import RunConfig
+
+__all__ = ["CLAIMS", "Claim", "build_report", "render_markdown", "write_report"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A guarantee and the tests (pytest node ids, relative to the repository) that check it."""
+
+    text: str
+    tests: tuple[str, ...]
+
+
+CLAIMS = (
+    Claim(
+        "A client never reveals both secrets of one peer, so a lying server cannot unmask it "
+        "(Bonawitz et al. 2017, Sec. 4)",
+        (
+            "tests/audit/test_malicious_server.py::test_asking_for_both_shares_of_one_peer_is_refused",
+        ),
+    ),
+    Claim(
+        "The server with fewer than t colluding clients learns nothing beyond the sum; masked "
+        "vectors are uniform and independent across rounds",
+        ("tests/audit/test_privacy_of_the_view.py",),
+    ),
+    Claim(
+        "With identities, the server cannot tell clients different dropout stories, skip the "
+        "consistency check, forge signatures, replay messages or add Sybils",
+        ("tests/audit/test_malicious_server.py",),
+    ),
+    Claim(
+        "Malformed, tampered, stale or out-of-order bytes raise typed errors and never change "
+        "the state or the sum",
+        (
+            "tests/audit/test_dropouts_and_tampering.py",
+            "tests/audit/test_state_machine_fuzzing.py",
+            "tests/secagg/test_messages.py",
+        ),
+    ),
+    Claim(
+        "The unmasked sum is exact with dropouts in any phase while t clients remain, and "
+        "refused below t",
+        ("tests/secagg/test_end_to_end.py",),
+    ),
+    Claim(
+        "Epsilons match independent references (Opacus' accountants, published values)",
+        ("tests/dp/test_accounting.py",),
+    ),
+    Claim(
+        "The empirical audit stays below the claimed epsilon and has power without DP",
+        ("tests/audit/test_empirical_privacy.py",),
+    ),
+)
+
+
+def _covers(test: str, case: str) -> bool:
+    """Whether a claim's test id (a file, or file::test) covers a run test case."""
+    return case == test or case.startswith(test + "::") or case.startswith(test + "[")
+
+
+def _run_tests(root: Path, claims: tuple[Claim, ...]) -> dict[str, dict]:
+    """Run every claim's tests once; per claim: passed / failed counts and the failures."""
+    paths = sorted({test for claim in claims for test in claim.tests})
+    with tempfile.TemporaryDirectory() as folder:
+        report = Path(folder) / "junit.xml"
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                f"--junitxml={report}",
+                *paths,
+            ],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        )
+        cases = []
+        if report.is_file():
+            for case in ElementTree.parse(report).getroot().iter("testcase"):
+                name = case.get("classname", "").replace(".", "/") + ".py::" + case.get("name", "")
+                failed = any(child.tag in ("failure", "error") for child in case)
+                skipped = any(child.tag == "skipped" for child in case)
+                cases.append((name, failed, skipped))
+    results = {}
+    for claim in claims:
+        mine = [case for case in cases if any(_covers(test, case[0]) for test in claim.tests)]
+        results[claim.text] = {
+            "tests": list(claim.tests),
+            "passed": sum(1 for _, failed, skipped in mine if not failed and not skipped),
+            "failed": [name for name, failed, _ in mine if failed],
+        }
+    return results
+
+
+def build_report(
+    config: RunConfig, *, run_tests: bool = True, audit_seed: int | None = None
+) -> dict:
+    """Everything the report states, as plain data (``audit.json``)."""
+    secure, privacy, training = config.secure, config.privacy, config.training
+    cohort = training.cohort_size
+    session = secagg.SecAggConfig.create(
+        range(1, cohort + 1), 1, threshold=secure.threshold, neighbours=secure.neighbours
+    )
+    claimed = privacy.epsilon if privacy.level is PrivacyLevel.SAMPLE else None
+    audit: AuditResult = run_canary_audit(epsilon=claimed, delta=privacy.delta, seed=audit_seed)
+    root = Path(__file__).resolve().parents[1]
+    tests = _run_tests(root, CLAIMS) if run_tests and (root / "tests").is_dir() else None
+    return {
+        "threat_model": (
+            "The server sees every message and may deviate from the protocol; up to t - 1 clients "
+            "may collude with it; clients drop out at any time. "
+            + (
+                "With identities the guarantees hold against an active server (signed keys and "
+                "messages, consistency check)."
+                if secure.identities
+                else "Without identities the guarantees hold against a server that follows the protocol; "
+                "an active server can simulate clients (enable identities against it)."
+            )
+        ),
+        "secure_aggregation": {
+            "enabled": secure.enabled,
+            "clients": training.clients,
+            "cohort": cohort,
+            "threshold": session.threshold,
+            "neighbours": session.neighbours,
+            "graph": "complete (SecAgg)" if session.complete_graph else "random regular (SecAgg+)",
+            "ring_bits": secure.ring_bits or "sized per round (32 or 64)",
+            "dropouts_tolerated_per_neighbourhood": session.neighbours + 1 - session.threshold,
+            "identities": secure.identities,
+        },
+        "differential_privacy": {
+            "level": privacy.level.value,
+            "epsilon": privacy.epsilon,
+            "noise_multiplier": privacy.noise_multiplier,
+            "delta": privacy.delta,
+            "accountant": privacy.accountant.value,
+        },
+        "empirical_audit": audit.to_dict()
+        | {
+            "what": (
+                "DP-SGD at the claimed epsilon"
+                if claimed is not None
+                else "training without DP (what an unprotected model leaks)"
+            ),
+        },
+        "claims": tests,
+    }
+
+
+def render_markdown(report: dict) -> str:
+    """``audit.md``."""
+    sa, dpc, audit = (
+        report["secure_aggregation"],
+        report["differential_privacy"],
+        report["empirical_audit"],
+    )
+    lines = [
+        "# privagg guarantee report",
+        "",
+        "## Threat model",
+        "",
+        report["threat_model"],
+        "",
+        "## Secure aggregation",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        *[f"| {k.replace('_', ' ')} | {v} |" for k, v in sa.items()],
+        "",
+        "## Differential privacy",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        *[f"| {k.replace('_', ' ')} | {v} |" for k, v in dpc.items()],
+        "",
+        "## Empirical privacy audit (one run, Steinke, Nasr, Jagielski 2023)",
+        "",
+        f"{audit['what']}: {audit['canaries']} canaries, {audit['correct']} of {audit['guesses']} "
+        f"membership guesses correct, epsilon lower bound **{audit['lower_bound']:.2f}** at "
+        f"{audit['confidence']:.0%} confidence"
+        + (
+            f" (claimed epsilon {audit['claimed_epsilon']})."
+            if audit["claimed_epsilon"] is not None
+            else "."
+        ),
+        "",
+        "## Claims and the tests that back them",
+        "",
+    ]
+    claims = report["claims"]
+    if claims is None:
+        lines.append(
+            "The test suites are not part of this installation; run `pytest tests/audit` in a checkout."
+        )
+    else:
+        lines += ["| claim | tests | result |", "|---|---|---|"]
+        for text, result in claims.items():
+            verdict = f"{result['passed']} passed" + (
+                f", **{len(result['failed'])} failed**" if result["failed"] else ""
+            )
+            lines.append(f"| {text} | {', '.join(f'`{t}`' for t in result['tests'])} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, report: dict) -> None:
+    """Write ``audit.json`` and ``audit.md`` into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "audit.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    (out / "audit.md").write_text(render_markdown(report))
