@@ -56,48 +56,73 @@ def _capture(identities: bool) -> tuple[Round, dict]:
     return r, log
 
 
-def test_flipped_bits_in_client_messages_never_change_the_sum():
-    """With identities every client message is signed (Ed25519 over header and body): flipping
-    any one byte of any client message of any kind is refused with a typed error."""
+def _one_of_each_kind(entries):
+    """The first recorded message of each kind, with its record."""
+    seen = set()
+    for entry in entries:
+        kind = messages.decode(entry[-1], max_bytes=1 << 22).kind
+        if kind not in seen:
+            seen.add(kind)
+            yield kind, entry
+
+
+def _flips(data: bytes):
+    """About 40 single-byte flips spread over the whole message, header included."""
+    for position in range(0, len(data), max(1, len(data) // 40)):
+        tampered = bytearray(data)
+        tampered[position] ^= 0x01
+        yield position, bytes(tampered)
+
+
+def _round_at(phase: int) -> Round:
+    """The recorded round replayed (same seed) until the server collects ``phase``."""
+    r = Round(4, threshold=3, neighbours=3, identities=True, seed=11)
+    if phase == 0:
+        return r
+    for client in r.clients.values():
+        r.server.receive(client.advertise_keys())
+    outgoing = r.server.close_phase()
+    for _ in range(1, phase):
+        outgoing = r.step(outgoing)
+    for u, data in outgoing.items():  # the clients' replies of this phase, not yet delivered
+        r.clients[u].receive(data)
+    return r
+
+
+def test_flipped_bits_in_client_messages_are_refused_and_the_genuine_accepted():
+    """With identities every client message is signed (Ed25519 over header and body): any one
+    flipped byte in any client message kind is refused by a server waiting for exactly that
+    message, which then accepts the genuine one; the round's sum is exact."""
     r, log = _capture(identities=True)
-    expected = r.server.result.total.copy()
-    kinds_checked = set()
-    for _phase, data in log["to_server"]:
-        kind = messages.decode(data, max_bytes=1 << 22).kind
-        if kind in kinds_checked:
-            continue
-        kinds_checked.add(kind)
-        for position in range(0, len(data), max(1, len(data) // 40)):
-            tampered = bytearray(data)
-            tampered[position] ^= 0x01
-            fresh = Round(4, threshold=3, neighbours=3, identities=True, seed=11)
+    kinds = 0
+    for kind, (phase, data) in _one_of_each_kind(log["to_server"]):
+        kinds += 1
+        for position, tampered in _flips(data):
+            server = _round_at(phase).server
             with pytest.raises(SecAggError):
-                fresh.server.receive(bytes(tampered))
-    assert len(kinds_checked) == 5  # advertise, share keys, masked input, consistency, unmask
-    assert np.array_equal(expected, r.expected_sum(r.server.result.contributors))
+                server.receive(tampered)
+            assert server.receive(data) == messages.decode(data, max_bytes=1 << 22).sender, (
+                kind,
+                position,
+            )
+    assert kinds == 5  # advertise, share keys, masked input, consistency, unmask
+    assert np.array_equal(r.server.result.total, r.expected_sum(r.server.result.contributors))
 
 
 def test_flipped_bits_in_server_messages_are_refused_by_clients():
     """Every server message kind, every sampled byte flipped: the client raises a typed error
-    (the message is malformed, of another session, fails authentication, or contradicts the
-    client's state) and never replies with data derived from the forgery."""
+    (malformed, another session, failed authentication, or contradicting its own state) and
+    never replies to the forgery."""
     _, log = _capture(identities=True)
-    seen = set()
-    for phase, receiver, data in log["to_client"]:
-        kind = messages.decode(data, max_bytes=1 << 22).kind
-        if kind in seen:
-            continue
-        seen.add(kind)
-        for position in range(0, len(data), max(1, len(data) // 40)):
-            tampered = bytearray(data)
-            tampered[position] ^= 0x01
-            fresh = _replay_to_client(phase, receiver)
-            try:
-                fresh.receive(bytes(tampered))
-            except SecAggError:
-                continue
-            pytest.fail(f"{kind.name}: flipping byte {position} was accepted")
-    assert len(seen) == 4  # roster, share bundle, consistency request, unmask request
+    kinds = 0
+    for kind, (phase, receiver, data) in _one_of_each_kind(log["to_client"]):
+        kinds += 1
+        for position, tampered in _flips(data):
+            client = _replay_to_client(phase, receiver)
+            with pytest.raises(SecAggError):
+                client.receive(tampered)
+                pytest.fail(f"{kind.name}: flipping byte {position} was accepted")
+    assert kinds == 4  # roster, share bundle, consistency request, unmask request
 
 
 def _replay_to_client(phase: int, receiver: int) -> secagg.Client:
