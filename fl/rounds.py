@@ -202,7 +202,7 @@ class Federation:
             generator=generator,
         )
         self._pending = []
-        if len(cohort) < self.config.training.min_clients:
+        if len(cohort) < max(self.config.training.min_clients, self.config.secure.threshold or 0):
             return self._failed(round_index, cohort, 0.0)
         updates, train_seconds = {}, 0.0
         for client in cohort:
