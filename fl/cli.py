@@ -8,7 +8,6 @@ import sys
 from collections.abc import Sequence
 
 from rich.console import Console
-from rich.table import Table
 
 import secagg
 from dp.accounting import AccountantKind
@@ -231,6 +230,7 @@ def _sweep(args: argparse.Namespace, console: Console) -> int:
     from pathlib import Path
 
     from fl.config import load_config
+    from fl.console import render_sweep
     from fl.sweep import SweepRow, parse_epsilons, plan_sweep, run_sweep, summarise, write_outputs
 
     if args.seeds < 1 or args.jobs < 1:
@@ -259,24 +259,7 @@ def _sweep(args: argparse.Namespace, console: Console) -> int:
 
     rows = run_sweep(points, jobs=args.jobs, on_result=report)
     write_outputs(out, rows, level=level)
-    table = Table(
-        title=f"Accuracy against epsilon ({args.level}-level, delta {base.privacy.delta:g})",
-        title_justify="left",
-    )
-    for heading in ("epsilon", "runs", "accuracy mean", "std", "min", "max", "epsilon spent"):
-        table.add_column(heading, justify="right")
-    for entry in summarise(rows):
-        spent = entry["epsilon_spent"]
-        table.add_row(
-            "inf (no DP)" if math.isinf(entry["epsilon"]) else f"{entry['epsilon']:g}",
-            str(entry["runs"]),
-            f"{100 * entry['accuracy_mean']:.1f}%",
-            f"{100 * entry['accuracy_std']:.1f}",
-            f"{100 * entry['accuracy_min']:.1f}%",
-            f"{100 * entry['accuracy_max']:.1f}%",
-            "-" if spent is None else f"{spent:.3f}",
-        )
-    console.print(table)
+    render_sweep(console, summarise(rows), level=args.level, delta=base.privacy.delta)
     console.print(f"written to {out}/: sweep.csv, sweep.json, accuracy_vs_epsilon.png")
     return 0
 

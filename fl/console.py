@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ __all__ = [
     "phase_progress",
     "render_aggregation",
     "render_run",
+    "render_sweep",
     "round_header",
     "round_progress",
     "round_row",
@@ -163,3 +165,24 @@ def render_run(console: Console, result: RunResult) -> None:
         names.append("privacy.json")
     files = ", ".join(names)
     console.print(f"written to {result.out}/: {files}")
+
+
+def render_sweep(console: Console, summary: list[dict], *, level: str, delta: float) -> None:
+    """The accuracy-against-epsilon table of ``privagg sweep``."""
+    table = Table(
+        title=f"Accuracy against epsilon ({level}-level, delta {delta:g})", title_justify="left"
+    )
+    for heading in ("epsilon", "runs", "accuracy mean", "std", "min", "max", "epsilon spent"):
+        table.add_column(heading, justify="right")
+    for entry in summary:
+        spent = entry["epsilon_spent"]
+        table.add_row(
+            "inf (no DP)" if math.isinf(entry["epsilon"]) else f"{entry['epsilon']:g}",
+            str(entry["runs"]),
+            f"{100 * entry['accuracy_mean']:.1f}%",
+            f"{100 * entry['accuracy_std']:.1f}",
+            f"{100 * entry['accuracy_min']:.1f}%",
+            f"{100 * entry['accuracy_max']:.1f}%",
+            "-" if spent is None else f"{spent:.3f}",
+        )
+    console.print(table)

@@ -32,13 +32,12 @@ from fl.errors import ConfigError, FLError
 from fl.models import build_model, check_model_fits
 from fl.privacy import plan_client_level, plan_sample_level
 from fl.report import RoundMetrics, append_metrics, plot_training, read_metrics, write_summary
-from fl.rounds import Federation, draw_dropouts
+from fl.rounds import Federation
 from fl.server import FedAvgServer
 from secagg.encoding import FixedPointEncoder
 
 __all__ = [
     "RunResult",
-    "draw_dropouts",
     "latest_run_folder",
     "new_run_folder",
     "prepare_output",

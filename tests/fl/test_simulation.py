@@ -8,7 +8,8 @@ from torch import nn
 import secagg
 from fl.config import RunConfig
 from fl.errors import ConfigError, FLError
-from fl.simulation import draw_dropouts, run_federation
+from fl.rounds import draw_dropouts
+from fl.simulation import run_federation
 
 
 def _config(tmp_path, name="run", **overrides):
