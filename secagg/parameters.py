@@ -18,9 +18,9 @@ holders) with threshold ``t``. Two conditions pick ``(k, t)``:
   ``P[Binomial(k, 1 - delta) < t]``, kept below ``2^-failure_bits / n``.
 
 The smallest ``k`` satisfying both gives the sparse (SecAgg+) graph. When no ``k < n - 1`` does,
-the complete graph (classic SecAgg) is used; if even that fails the conditions (small cohorts),
-the default is the strict majority ``t = floor(n / 2) + 1``, which keeps the double-masking
-guarantee against a lying server with no colluding clients and tolerates ``n - t`` dropouts.
+the complete graph (classic SecAgg) is used; if it misses the correctness target (small cohorts)
+the security rule still sets ``t = floor((n + c) / 2) + 1`` with ``c = ceil(gamma (n - 1))``
+(capped at n), and ``meets_targets`` is False: such a round tolerates only ``n - t`` dropouts.
 """
 
 from __future__ import annotations
@@ -28,7 +28,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["ParameterChoice", "recommend_parameters", "recommend_threshold"]
+__all__ = [
+    "ParameterChoice",
+    "corrupt_neighbours",
+    "minimum_threshold",
+    "recommend_parameters",
+    "recommend_threshold",
+]
 
 
 @dataclass(frozen=True)
@@ -66,16 +72,36 @@ def _binomial_tail(k: int, p: float, lo: int, hi: int) -> float:
     return sum(math.exp(_log_binomial_pmf(k, p, i)) for i in range(lo, hi + 1))
 
 
-def _threshold_for(k: int, n: int, corrupt_fraction: float, security_budget: float) -> int:
-    if k == n - 1:
-        corrupt = math.ceil(corrupt_fraction * (n - 1))
-    else:
-        corrupt = next(
-            c
-            for c in range(k + 1)
-            if _binomial_tail(k, corrupt_fraction, c + 1, k) <= security_budget
-        )
-    return (k + 1 + corrupt) // 2 + 1
+def corrupt_neighbours(
+    n: int, neighbours: int, *, corrupt_fraction: float = 0.05, security_bits: int = 40
+) -> int:
+    """c: how many of a client's ``neighbours`` may collude with the server (module doc).
+
+    On the complete graph this is ``ceil(corrupt_fraction * (n - 1))``; on a sparse graph it is
+    the smallest c with ``P[Binomial(k, corrupt_fraction) > c] <= 2^-security_bits / n``, a union
+    bound over the n neighbourhoods (Bell et al. 2020, Sec. 3-4).
+    """
+    if neighbours >= n - 1:
+        return math.ceil(corrupt_fraction * (n - 1))
+    budget = 2.0**-security_bits / n
+    return next(
+        c
+        for c in range(neighbours + 1)
+        if _binomial_tail(neighbours, corrupt_fraction, c + 1, neighbours) <= budget
+    )
+
+
+def minimum_threshold(
+    n: int, neighbours: int, *, corrupt_fraction: float = 0.05, security_bits: int = 40
+) -> int:
+    """The smallest t with ``2t > k + 1 + c``: one story per client holds (module doc).
+
+    May exceed ``k + 1`` (then no threshold is safe for this neighbourhood size).
+    """
+    c = corrupt_neighbours(
+        n, neighbours, corrupt_fraction=corrupt_fraction, security_bits=security_bits
+    )
+    return (neighbours + 1 + c) // 2 + 1
 
 
 def recommend_parameters(
@@ -108,16 +134,18 @@ def recommend_parameters(
         raise ValueError(f"dropout_rate must lie in [0, 1), got {dropout_rate}")
     if not 0.0 <= corrupt_fraction < 0.5:
         raise ValueError(f"corrupt_fraction must lie in [0, 0.5), got {corrupt_fraction}")
-    security_budget = 2.0**-security_bits / n
     failure_budget = 2.0**-failure_bits / n
+    rule = {"corrupt_fraction": corrupt_fraction, "security_bits": security_bits}
     candidates = [*range(2, n - 1, 2), n - 1]
     for k in candidates:
-        threshold = _threshold_for(k, n, corrupt_fraction, security_budget)
+        threshold = minimum_threshold(n, k, **rule)
         if threshold > k + 1:
             continue
         if _binomial_tail(k, 1.0 - dropout_rate, 0, threshold - 1) <= failure_budget:
             return ParameterChoice(neighbours=k, threshold=threshold, meets_targets=True)
-    return ParameterChoice(neighbours=n - 1, threshold=n // 2 + 1, meets_targets=False)
+    return ParameterChoice(
+        neighbours=n - 1, threshold=min(n, minimum_threshold(n, n - 1, **rule)), meets_targets=False
+    )
 
 
 def recommend_threshold(
@@ -130,5 +158,7 @@ def recommend_threshold(
     """
     if not 1 <= neighbours <= n - 1:
         raise ValueError(f"neighbours must lie in [1, {n - 1}], got {neighbours}")
-    threshold = _threshold_for(neighbours, n, corrupt_fraction, 2.0**-security_bits / n)
+    threshold = minimum_threshold(
+        n, neighbours, corrupt_fraction=corrupt_fraction, security_bits=security_bits
+    )
     return threshold if threshold <= neighbours + 1 else (neighbours + 1) // 2 + 1

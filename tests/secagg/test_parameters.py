@@ -28,11 +28,14 @@ def test_neighbourhoods_grow_slowly_with_n():
     assert large.neighbours < small.neighbours * 2
 
 
-def test_small_cohorts_fall_back_to_a_majority_on_the_complete_graph():
-    """When no graph meets the targets, the default is t = floor(n/2) + 1 on the complete graph."""
-    for n in (2, 3, 10, 20):
+def test_small_cohorts_keep_the_security_rule_on_the_complete_graph():
+    """When no graph meets the targets, the complete graph still has 2t > n + c, with
+    c = ceil(gamma (n - 1)) colluders (t capped at n)."""
+    for n in (2, 3, 5, 10, 20):
         choice = recommend_parameters(n)
-        assert (choice.neighbours, choice.threshold) == (n - 1, n // 2 + 1)
+        c = math.ceil(0.05 * (n - 1))
+        assert (choice.neighbours, choice.threshold) == (n - 1, min(n, (n + c) // 2 + 1))
+        assert 2 * choice.threshold > n + c or choice.threshold == n
         assert not choice.meets_targets
 
 
