@@ -7,9 +7,13 @@ Error handling (see :mod:`secagg.errors`):
   corrupted message can simply be dropped.
 * Anything wrong in a well-formed message of this session - a forged signature or ciphertext, a
   roster with strangers, an unmask request that asks for both shares of a peer or contradicts the
-  consistency check, too few peers left - means the server (or a peer it relays) is dishonest
-  or the round cannot be completed safely: the client moves to the sticky ``ERROR`` stage and
-  refuses everything after.
+  consistency check, a story about U3 not certified in every neighbourhood the client acts on,
+  too few peers left, parameters below the client's :class:`~secagg.policy.ClientPolicy`, a
+  session joined before - means the server (or a peer it relays) is dishonest or the round cannot
+  be completed safely: the client moves to the sticky ``ERROR`` stage and refuses everything after.
+
+Only :func:`secagg.errors.error_code` of an error may be reported to the server; the text stays
+local.
 """
 
 from __future__ import annotations
@@ -23,13 +27,15 @@ from typing import NoReturn
 import numpy as np
 from numpy.typing import ArrayLike
 
-from secagg import keys, messages
+from secagg import instance, keys, messages, quorum
 from secagg.config import SecAggConfig
 from secagg.errors import (
     AuthenticationFailed,
     ConfigurationError,
     InconsistentRequest,
     LocalProtocolError,
+    PolicyViolation,
+    ReplayedSession,
     ThresholdNotMet,
     UnexpectedPhase,
     UnknownSender,
@@ -40,8 +46,10 @@ from secagg.hazmat import aead, shamir, signing
 from secagg.hazmat.agreement import AgreementKey
 from secagg.hazmat.exceptions import InvalidAuthentication
 from secagg.hazmat.prg import DEFAULT_CHUNK_BYTES, MaskTerm, accumulate
+from secagg.policy import ClientPolicy
 from secagg.randomness import RandomSource, system_random
 from secagg.ring import to_ring
+from secagg.sessions import SessionLog
 from secagg.stages import CLIENT_TRANSITIONS, ClientStage, MessageType
 
 __all__ = ["Client", "ClientStats"]
@@ -49,6 +57,8 @@ __all__ = ["Client", "ClientStats"]
 _STICKY = (
     AuthenticationFailed,
     InconsistentRequest,
+    PolicyViolation,
+    ReplayedSession,
     ThresholdNotMet,
     UnknownSender,
 )
@@ -76,6 +86,10 @@ class Client:
         config: the session's parameters, identical on every party.
         client_id: this client's id in ``config.client_ids``.
         signing_key: this client's long-term Ed25519 key; required iff ``config.identities``.
+        policy: the floors this client holds against the server's proposal
+            (:class:`~secagg.policy.ClientPolicy`; the secure defaults when omitted).
+        sessions: the log of sessions this client joined; :meth:`advertise_keys` refuses a
+            session or a round joined before (Flower keeps it in the node's state).
         random_bytes: source of secret randomness (``os.urandom``; seed only in tests).
         chunk_bytes: working-set size of the mask expansion.
     """
@@ -86,6 +100,8 @@ class Client:
         client_id: int,
         *,
         signing_key: signing.SigningKey | None = None,
+        policy: ClientPolicy | None = None,
+        sessions: SessionLog | None = None,
         random_bytes: RandomSource = system_random,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     ) -> None:
@@ -103,9 +119,12 @@ class Client:
         self.client_id = client_id
         self.stats = ClientStats()
         self._signing_key = signing_key
+        self.policy = ClientPolicy() if policy is None else policy
+        self._sessions = sessions
         self._random = random_bytes
         self._chunk_bytes = chunk_bytes
-        self._neighbours = neighbourhoods(config)[client_id]
+        self._graph = neighbourhoods(config)
+        self._neighbours = self._graph[client_id]
         self._limit = messages.size_limit(config)
         self._stage = ClientStage.NEW
         self._error: Exception | None = None
@@ -115,6 +134,7 @@ class Client:
         self._own_shares: tuple[bytes, bytes] = (b"", b"")
         self._peer_shares: dict[int, tuple[bytes, bytes]] = {}
         self._survivors: frozenset[int] | None = None
+        self._instance_root = b""
         self._self_mask_secret = b""
         self._pair_seeds: dict[int, bytes] = {}
         self._channel_secrets: dict[int, bytes] = {}
@@ -147,6 +167,7 @@ class Client:
             "own_shares": [share.hex() for share in self._own_shares],
             "peer_shares": {str(k): [a.hex(), b.hex()] for k, (a, b) in self._peer_shares.items()},
             "survivors": None if self._survivors is None else sorted(self._survivors),
+            "instance_root": self._instance_root.hex(),
             "self_mask_secret": self._self_mask_secret.hex(),
             "pair_seeds": hexed(self._pair_seeds),
             "channel_secrets": hexed(self._channel_secrets),
@@ -160,10 +181,15 @@ class Client:
         state: bytes,
         *,
         signing_key: signing.SigningKey | None = None,
+        policy: ClientPolicy | None = None,
         random_bytes: RandomSource = system_random,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     ) -> Client:
         """Rebuild a client from :meth:`to_state` output.
+
+        Restoring an old snapshot again never repeats an AES-GCM key/nonce pair (every
+        encryption draws a fresh nonce), but it does let the restored client act a second time:
+        keep one live copy of the state, as Flower's node context does.
 
         Raises:
             LocalProtocolError: the state is unreadable or belongs to another session.
@@ -176,6 +202,7 @@ class Client:
                 config,
                 int(data["client"]),
                 signing_key=signing_key,
+                policy=policy,
                 random_bytes=random_bytes,
                 chunk_bytes=chunk_bytes,
             )
@@ -194,6 +221,7 @@ class Client:
                 for k, (a, b) in data["peer_shares"].items()
             }
             client._survivors = None if data["survivors"] is None else frozenset(data["survivors"])
+            client._instance_root = bytes.fromhex(data["instance_root"])
             client._self_mask_secret = bytes.fromhex(data["self_mask_secret"])
             client._pair_seeds = unhex(data["pair_seeds"])
             client._channel_secrets = unhex(data["channel_secrets"])
@@ -222,11 +250,23 @@ class Client:
         )
 
     def advertise_keys(self) -> bytes:
-        """Phase 0: draw this session's two X25519 key pairs and return the advertisement."""
+        """Phase 0: draw this session's two X25519 key pairs and return the advertisement.
+
+        Raises:
+            PolicyViolation: the session's parameters are below this client's policy.
+            ReplayedSession: the session (or a later round) was joined before.
+            LocalProtocolError: called twice.
+        """
         if self._stage is not ClientStage.NEW:
             raise LocalProtocolError(
                 f"advertise_keys() is the first call; client is {self._stage.value}"
             )
+        try:
+            self.policy.check_session(self.config)
+            if self._sessions is not None:
+                self._sessions.admit(self.config)
+        except (PolicyViolation, ReplayedSession) as error:
+            self._fail(error)
         channel, mask = AgreementKey.generate(self._random), AgreementKey.generate(self._random)
         signature = b""
         if self._signing_key is not None:
@@ -313,7 +353,27 @@ class Client:
                 f"client {self.client_id}: only {count} {what}, threshold is {self.config.threshold}"
             )
 
+    def _require_neighbours(self, count: int, phase: str) -> None:
+        floor = self.policy.min_live_neighbours(self.config)
+        if count < floor:
+            raise ThresholdNotMet(
+                f"client {self.client_id}: only {count} of {self.config.neighbours} neighbours "
+                f"{phase}; this client's policy needs {floor}"
+            )
+
     def _on_roster(self, roster: messages.KeyRoster) -> messages.ShareKeys:
+        own_leaf = instance.key_leaf(
+            self.config.digest,
+            self.client_id,
+            self._channel_key.public_bytes,
+            self._mask_key.public_bytes,
+        )
+        if not instance.verify_path(
+            self.config, self.client_id, own_leaf, roster.instance_root, roster.instance_path
+        ):
+            raise InconsistentRequest(
+                "the session-instance commitment does not hold this client's keys", sender=0
+            )
         own = {self._channel_key.public_bytes, self._mask_key.public_bytes}
         seen: set[bytes] = set(own)
         for entry in roster.entries:
@@ -343,7 +403,7 @@ class Client:
                     entry.key_signature,
                     sender=0,
                 )
-        self._require(len(roster.entries) + 1, "holders for this client's shares")
+        self._require_neighbours(len(roster.entries), "advertised keys")
         secret = self._random(shamir.SECRET_BYTES)
         holders = sorted([self.client_id, *(e.client_id for e in roster.entries)])
         shares = shamir.split(
@@ -367,7 +427,7 @@ class Client:
                 mask_secret, self.config.digest, self.client_id, peer
             )
             channel_secrets[peer] = shared
-            key, nonce = keys.channel_key(shared, self.config.digest, self.client_id, peer)
+            key = keys.channel_key(shared, self.config.digest, self.client_id, peer)
             associated = keys.share_associated_data(
                 self.config.session_id,
                 self.config.round_index,
@@ -375,8 +435,12 @@ class Client:
                 self.client_id,
                 peer,
             )
-            ciphertexts.append((peer, aead.seal(key, nonce, b"".join(by_holder[peer]), associated)))
+            sealed = aead.seal_framed(
+                key, b"".join(by_holder[peer]), associated, random_bytes=self._random
+            )
+            ciphertexts.append((peer, sealed))
         self._pair_seeds, self._channel_secrets = pair_seeds, channel_secrets
+        self._instance_root = roster.instance_root
         self._own_shares = tuple(by_holder[self.client_id])
         self._self_mask_secret = secret
         commitment = keys.self_mask_commitment(secret, self.config.digest, self.client_id)
@@ -392,7 +456,7 @@ class Client:
                 raise InconsistentRequest(
                     f"share bundle holds a ciphertext from non-roster client {peer}", sender=0
                 )
-            key, nonce = keys.channel_key(shared, self.config.digest, peer, self.client_id)
+            key = keys.channel_key(shared, self.config.digest, peer, self.client_id)
             associated = keys.share_associated_data(
                 self.config.session_id,
                 self.config.round_index,
@@ -401,14 +465,14 @@ class Client:
                 self.client_id,
             )
             try:
-                plaintext = aead.open_(key, nonce, ciphertext, associated)
+                plaintext = aead.open_framed(key, ciphertext, associated)
             except InvalidAuthentication:
                 raise AuthenticationFailed(
                     f"shares from client {peer} fail authentication", sender=0
                 ) from None
             half = shamir.SHARE_BYTES
             received[peer] = (plaintext[:half], plaintext[half:])
-        self._require(len(received) + 1, "clients left in the neighbourhood after sharing")
+        self._require_neighbours(len(received), "shared keys")
         started = time.perf_counter()
         terms = [
             MaskTerm(
@@ -442,7 +506,7 @@ class Client:
             )
         self._require(len(survivors), "clients in U3")
         signature = self._signing_key.sign(
-            keys.consistency_transcript(self.config.digest, survivors)
+            keys.consistency_transcript(self.config.digest, self._instance_root, survivors)
         )
         self._survivors = survivors
         return messages.ConsistencySignature(signature)
@@ -468,7 +532,7 @@ class Client:
                 raise InconsistentRequest(
                     "the unmask request contradicts the set U3 of the consistency check", sender=0
                 )
-            self._check_consistency_signatures(request.signatures)
+            self._check_one_story(request.signatures)
         self._require(len(alive), "live holders of this client's self-mask")
         own_secret_share = self._own_shares[1]
         self_mask_shares = tuple(
@@ -487,17 +551,40 @@ class Client:
                 f"server names clients {sorted(unknown)[:5]} outside the cohort", sender=0
             )
 
-    def _check_consistency_signatures(self, signatures: tuple[tuple[int, bytes], ...]) -> None:
-        transcript = keys.consistency_transcript(self.config.digest, self._survivors)
-        for signer, signature in signatures:
-            if signer not in self._survivors:
-                raise InconsistentRequest(
-                    f"consistency signature from client {signer}, outside U3", sender=0
-                )
+    def _check_one_story(self, signatures: tuple[tuple[int, bytes], ...]) -> None:
+        """Act on U3 only if it is certified in every neighbourhood this client acts on.
+
+        For itself and each neighbour whose shares it holds, t members of that client's closed
+        neighbourhood must have signed this same U3 (:mod:`secagg.quorum`). Every signature the
+        server forwards must verify.
+        """
+        signed = dict(signatures)
+        outsiders = set(signed) - self._survivors
+        if outsiders:
+            raise InconsistentRequest(
+                f"consistency signatures from clients {sorted(outsiders)[:5]}, outside U3",
+                sender=0,
+            )
+        short = quorum.shortfalls(
+            watched={self.client_id, *self._peer_shares},
+            signers={*signed, self.client_id},
+            graph=self._graph,
+            threshold=self.config.threshold,
+        )
+        if short:
+            worst = min(short, key=lambda x: (-short[x], x))
+            raise ThresholdNotMet(
+                f"client {self.client_id}: U3 is not certified around client {worst}: "
+                f"{self.config.threshold - short[worst]} of its neighbourhood signed it, "
+                f"the threshold is {self.config.threshold}"
+            )
+        transcript = keys.consistency_transcript(
+            self.config.digest, self._instance_root, self._survivors
+        )
+        for signer, signature in signed.items():
             try:
                 signing.verify(self.config.identities[signer], signature, transcript)
             except InvalidAuthentication:
                 raise AuthenticationFailed(
                     f"consistency signature of client {signer} does not verify", sender=0
                 ) from None
-        self._require(len(signatures), "valid consistency signatures")

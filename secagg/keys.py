@@ -27,17 +27,14 @@ __all__ = [
 _PAIR = struct.Struct(">II")
 
 
-def channel_key(
-    shared_secret: bytes, digest: bytes, sender: int, receiver: int
-) -> tuple[bytes, bytes]:
-    """AES-GCM key and nonce for the one share message ``sender`` encrypts to ``receiver``."""
-    okm = kdf.derive(
+def channel_key(shared_secret: bytes, digest: bytes, sender: int, receiver: int) -> bytes:
+    """AES-GCM key of the share message ``sender`` encrypts to ``receiver`` (random nonces)."""
+    return kdf.derive(
         shared_secret,
         label=b"share-channel",
         context=digest + _PAIR.pack(sender, receiver),
-        length=aead.KEY_BYTES + aead.NONCE_BYTES,
+        length=aead.KEY_BYTES,
     )
-    return okm[: aead.KEY_BYTES], okm[aead.KEY_BYTES :]
 
 
 def share_associated_data(
@@ -101,7 +98,16 @@ def verify_key_advertisement(
         ) from None
 
 
-def consistency_transcript(digest: bytes, survivors: Iterable[int]) -> bytes:
-    """What a client signs in the consistency check: the set U3 the server committed to."""
+def consistency_transcript(digest: bytes, instance_root: bytes, survivors: Iterable[int]) -> bytes:
+    """What a client signs in the consistency check: the session instance and its set U3.
+
+    ``instance_root`` commits to every key advertised in this run of the session
+    (:mod:`secagg.instance`), so a signature from another run of the same session never verifies.
+    """
     ids = sorted(survivors)
-    return b"privagg/consistency\x00" + digest + struct.pack(f">I{len(ids)}I", len(ids), *ids)
+    return (
+        b"privagg/consistency\x00"
+        + digest
+        + instance_root
+        + struct.pack(f">I{len(ids)}I", len(ids), *ids)
+    )

@@ -26,6 +26,7 @@ from secagg.errors import MalformedMessage, UnsupportedVersion
 from secagg.hazmat import aead, shamir
 from secagg.hazmat.agreement import KEY_BYTES
 from secagg.hazmat.signing import SIGNATURE_BYTES, SigningKey
+from secagg.instance import path_length
 from secagg.stages import MessageType
 
 __all__ = [
@@ -49,8 +50,9 @@ __all__ = [
 ]
 
 SERVER_ID = 0
-CIPHERTEXT_BYTES = 2 * shamir.SHARE_BYTES + aead.TAG_BYTES
+CIPHERTEXT_BYTES = 2 * shamir.SHARE_BYTES + aead.FRAMED_OVERHEAD
 DIGEST_BYTES = 32
+_MAX_PATH = 32  # a cohort has at most 2^31 ids, so its Merkle path has at most 31 hashes
 _MAGIC = b"PAGM"
 _HEADER = struct.Struct(">4sBB32sIIBI")
 _U32 = struct.Struct(">I")
@@ -203,19 +205,39 @@ class RosterEntry:
 
 @dataclass(frozen=True)
 class KeyRoster:
-    """Phase 0 reply, server -> client: the keys of the client's neighbours that advertised."""
+    """Phase 0 reply, server -> client: the keys of the client's neighbours that advertised.
+
+    ``instance_root`` commits to every admitted client's keys (:mod:`secagg.instance`);
+    ``instance_path`` proves the recipient's own leaf under it.
+    """
 
     KIND: ClassVar[MessageType] = MessageType.KEY_ROSTER
     entries: tuple[RosterEntry, ...]
+    instance_root: bytes = bytes(DIGEST_BYTES)
+    instance_path: tuple[bytes, ...] = ()
 
     def __post_init__(self) -> None:
         _check_ids([e.client_id for e in self.entries], "roster")
+        _check_len(self.instance_root, DIGEST_BYTES, "instance_root")
+        if len(self.instance_path) > _MAX_PATH:
+            raise ValueError(f"instance_path holds more than {_MAX_PATH} hashes")
+        for node in self.instance_path:
+            _check_len(node, DIGEST_BYTES, "instance_path entry")
 
     def encode(self) -> bytes:
-        return _U32.pack(len(self.entries)) + b"".join(e.encoded for e in self.entries)
+        return (
+            self.instance_root
+            + bytes([len(self.instance_path)])
+            + b"".join(self.instance_path)
+            + _U32.pack(len(self.entries))
+            + b"".join(e.encoded for e in self.entries)
+        )
 
     @classmethod
     def decode(cls, reader: _Reader) -> KeyRoster:
+        root = reader.take(DIGEST_BYTES, "instance root")
+        depth = reader.u8("instance path length")
+        path = tuple(reader.take(DIGEST_BYTES, "instance path") for _ in range(depth))
         count = reader.count(4 + 2 * KEY_BYTES + 1, "roster")
         entries = []
         for _ in range(count):
@@ -226,7 +248,7 @@ class KeyRoster:
             )
             signature = reader.take(reader.u8("signature length"), "signature")
             entries.append(RosterEntry(client_id, channel, mask, signature))
-        return cls(tuple(entries))
+        return cls(tuple(entries), root, path)
 
 
 @dataclass(frozen=True)
@@ -469,8 +491,15 @@ def encode(
 def size_limit(config: SecAggConfig) -> int:
     """The largest message any party of ``config`` can legitimately send, with headroom."""
     per_client = 4 + 2 * KEY_BYTES + 1 + SIGNATURE_BYTES + 4 + CIPHERTEXT_BYTES
+    instance = 1 + DIGEST_BYTES * (1 + path_length(config.num_clients))
     vector = config.vector_length * config.word_dtype.itemsize
-    return _HEADER.size + SIGNATURE_BYTES + 1024 + max(vector + 5, per_client * config.num_clients)
+    return (
+        _HEADER.size
+        + SIGNATURE_BYTES
+        + 1024
+        + instance
+        + max(vector + 5, per_client * config.num_clients)
+    )
 
 
 def decode(data: bytes, *, max_bytes: int) -> Envelope:

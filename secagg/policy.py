@@ -52,7 +52,7 @@ class ClientPolicy:
         corrupt_fraction: the fraction of clients assumed to collude with the server.
         security_bits: the corrupt-neighbour bound may fail with probability 2^-bits.
         max_neighbour_loss: the largest fraction of its k neighbours that may fail to complete a
-            key phase before the client stops (never fewer than t - 1 neighbours remain).
+            key phase before the client stops (1: down to the t - 1 the protocol needs).
         allowed_ring_bits: ring sizes the client accepts.
         allowed_encodings: encodings the client accepts.
         min_noise_multiplier: client-level DP noise floor (0: DP not required).
@@ -93,9 +93,9 @@ class ClientPolicy:
             raise ConfigurationError(
                 f"security_bits must lie in [1, 128], got {self.security_bits}"
             )
-        if not 0.0 <= self.max_neighbour_loss < 1.0:
+        if not 0.0 <= self.max_neighbour_loss <= 1.0:
             raise ConfigurationError(
-                f"max_neighbour_loss must lie in [0, 1), got {self.max_neighbour_loss}"
+                f"max_neighbour_loss must lie in [0, 1], got {self.max_neighbour_loss}"
             )
         if not math.isfinite(self.min_noise_multiplier) or self.min_noise_multiplier < 0:
             raise ConfigurationError(
@@ -126,7 +126,7 @@ class ClientPolicy:
         return cls(
             min_clients=2,
             corrupt_fraction=0.0,
-            max_neighbour_loss=0.0,
+            max_neighbour_loss=1.0,
             allowed_ring_bits=frozenset(range(1, 65)),
         )
 

@@ -19,7 +19,7 @@ from typing import NoReturn
 
 import numpy as np
 
-from secagg import keys, messages
+from secagg import keys, messages, quorum
 from secagg.config import SecAggConfig
 from secagg.errors import (
     AuthenticationFailed,
@@ -36,9 +36,10 @@ from secagg.errors import (
 )
 from secagg.graph import neighbourhoods
 from secagg.hazmat import shamir, signing
-from secagg.hazmat.agreement import AgreementKey
+from secagg.hazmat.agreement import AgreementKey, is_clamped
 from secagg.hazmat.exceptions import InvalidAuthentication
 from secagg.hazmat.prg import DEFAULT_CHUNK_BYTES, MaskTerm, accumulate
+from secagg.instance import InstanceTree
 from secagg.randomness import RandomSource, system_random
 from secagg.stages import SERVER_COLLECTS, MessageType, Phase, ServerStage, server_next_stage
 
@@ -96,6 +97,7 @@ class Server:
         self._rosters: dict[int, frozenset[int]] = {}
         self._share_keys: dict[int, messages.ShareKeys] = {}
         self._shared: frozenset[int] = frozenset()
+        self._instance: InstanceTree | None = None
         self._survivors: frozenset[int] = frozenset()
         self._sum = np.zeros(config.vector_length, dtype=config.word_dtype)
         self._requests: dict[int, messages.UnmaskRequest] = {}
@@ -278,7 +280,9 @@ class Server:
             raise MalformedMessage("masked vector holds values outside the ring", sender=sender)
 
     def _check_consistency(self, sender: int, message: messages.ConsistencySignature) -> None:
-        transcript = keys.consistency_transcript(self.config.digest, self._survivors)
+        transcript = keys.consistency_transcript(
+            self.config.digest, self._instance.root, self._survivors
+        )
         try:
             signing.verify(self.config.identities[sender], message.signature, transcript)
         except InvalidAuthentication:
@@ -324,6 +328,9 @@ class Server:
     def _close_keys(self) -> dict[int, messages.Payload]:
         advertised = self._viable(frozenset(self._inbox), Phase.ADVERTISE_KEYS)
         self._adverts = {u: self._inbox[u] for u in advertised}
+        self._instance = InstanceTree.build(
+            self.config, {u: (a.channel_key, a.mask_key) for u, a in self._adverts.items()}
+        )
         entries = {
             v: messages.RosterEntry(v, advert.channel_key, advert.mask_key, advert.key_signature)
             for v, advert in self._adverts.items()
@@ -332,7 +339,9 @@ class Server:
         for u in sorted(advertised):
             peers = sorted(self._graph[u] & advertised)
             self._rosters[u] = frozenset(peers)
-            outgoing[u] = messages.KeyRoster(tuple(entries[v] for v in peers))
+            outgoing[u] = messages.KeyRoster(
+                tuple(entries[v] for v in peers), self._instance.root, self._instance.path(u)
+            )
         return outgoing
 
     def _close_shares(self) -> dict[int, messages.Payload]:
@@ -357,20 +366,43 @@ class Server:
         if self.config.identities is not None:
             request = messages.ConsistencyRequest(tuple(sorted(survivors)))
             return {u: request for u in sorted(survivors)}
-        return self._unmask_requests(survivors, ())
+        return self._unmask_requests(survivors)
 
     def _close_signatures(self) -> dict[int, messages.Payload]:
+        """Send unmask requests to the signers whose every neighbourhood certified U3.
+
+        A signer checks, for itself and each neighbour whose shares it holds, that t members
+        of that client's closed neighbourhood signed U3 (:mod:`secagg.quorum`); a signer for
+        whom that fails would refuse, so it is not asked. Each request carries a smallest-effort
+        set of signatures that certifies the recipient's neighbourhoods (it verifies them all).
+        """
         signers = frozenset(self._inbox)
-        if len(signers) < self.config.threshold:
-            raise ThresholdNotMet(
-                f"only {len(signers)} consistency signatures arrived; the threshold is "
-                f"{self.config.threshold}"
+        t = self.config.threshold
+        chosen: dict[int, list[int]] = {}
+        for u in signers:
+            needed, short = quorum.signers_to_verify(
+                watched=self._watched(u), signers=signers, graph=self._graph, threshold=t, trusted=u
             )
-        signatures = tuple((u, self._inbox[u].signature) for u in sorted(signers))
-        return self._unmask_requests(signers, signatures)
+            if not short:
+                chosen[u] = needed
+        if len(chosen) < t:
+            raise ThresholdNotMet(
+                f"only {len(chosen)} of {len(signers)} consistency signers have U3 certified "
+                f"in every neighbourhood they act on; the threshold is {t}"
+            )
+        signature = {u: self._inbox[u].signature for u in signers}
+        return self._unmask_requests(
+            frozenset(chosen), lambda u: tuple((v, signature[v]) for v in sorted(chosen[u]))
+        )
+
+    def _watched(self, u: int) -> frozenset[int]:
+        """The clients whose status ``u`` acts on: itself and the neighbours it holds shares of."""
+        return (self._graph[u] & self._shared) | {u}
 
     def _unmask_requests(
-        self, recipients: frozenset[int], signatures: tuple[tuple[int, bytes], ...]
+        self,
+        recipients: frozenset[int],
+        signatures: Callable[[int], tuple[tuple[int, bytes], ...]] = lambda u: (),
     ) -> dict[int, messages.Payload]:
         requests = {}
         for u in sorted(recipients):
@@ -378,7 +410,7 @@ class Server:
             requests[u] = messages.UnmaskRequest(
                 alive=tuple(sorted((peers & self._survivors) | {u})),
                 dropped=tuple(sorted(peers - self._survivors)),
-                signatures=signatures,
+                signatures=signatures(u),
             )
         self._requests = requests
         return dict(requests)
@@ -427,6 +459,10 @@ class Server:
         return hmac.compare_digest(commitment, self._share_keys[owner].commitment)
 
     def _mask_key_matches(self, owner: int, secret: bytes) -> bool:
+        """The secret must be the canonical (clamped) private key of the advertised public key:
+        X25519 ignores five bits of the scalar, so the public key alone does not pin it."""
+        if not is_clamped(secret):
+            return False
         public = AgreementKey(secret).public_bytes
         return hmac.compare_digest(public, self._adverts[owner].mask_key)
 

@@ -19,6 +19,7 @@ from secagg.errors import ThresholdNotMet
 from secagg.hazmat.prg import DEFAULT_CHUNK_BYTES
 from secagg.hazmat.signing import SigningKey
 from secagg.messages import SERVER_ID
+from secagg.policy import ClientPolicy
 from secagg.randomness import RandomSource, system_random
 from secagg.server import Server
 from secagg.stages import Phase
@@ -93,6 +94,7 @@ def aggregate(
     dropouts: Mapping[Phase, Iterable[int]] | None = None,
     identities: bool = False,
     round_index: int = 0,
+    policy: ClientPolicy | None = None,
     rng: RandomSource = system_random,
     progress: ProgressCallback | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
@@ -110,6 +112,8 @@ def aggregate(
         identities: give every client an Ed25519 identity: signed keys, signed messages and the
             consistency check.
         round_index: recorded in the session and bound into every message.
+        policy: the floors every client holds (:class:`~secagg.policy.ClientPolicy`; secure
+            defaults when omitted: at least 5 clients, 2t > k + 1 + c, 32- or 64-bit rings).
         rng: randomness for keys, seeds and shares (``os.urandom``; seed only for replay).
         progress: optional callback ``progress(phase, done, total)``.
         chunk_bytes: working-set size of mask expansion.
@@ -120,12 +124,13 @@ def aggregate(
     Raises:
         ThresholdNotMet: too many dropouts for the threshold.
         ConfigurationError: invalid parameters.
+        PolicyViolation: the parameters are below the clients' policy.
 
     Example:
         >>> import numpy as np
-        >>> result = aggregate([np.arange(4), np.ones(4, dtype=int), np.full(4, 2)])
+        >>> result = aggregate([np.full(4, i) for i in range(5)])
         >>> result.total.tolist()
-        [3, 4, 5, 6]
+        [10, 10, 10, 10]
     """
     # a Mapping is read lazily, one client at a time, so inputs may be generated on demand
     by_id = inputs if isinstance(inputs, Mapping) else dict(enumerate(inputs, start=1))
@@ -154,7 +159,12 @@ def aggregate(
     server = Server(config, random_bytes=rng, chunk_bytes=chunk_bytes)
     clients = {
         u: Client(
-            config, u, signing_key=signing_keys.get(u), random_bytes=rng, chunk_bytes=chunk_bytes
+            config,
+            u,
+            signing_key=signing_keys.get(u),
+            policy=policy,
+            random_bytes=rng,
+            chunk_bytes=chunk_bytes,
         )
         for u in ids
     }

@@ -1,10 +1,15 @@
 """AES-256-GCM authenticated encryption for the Shamir shares sent between clients.
 
-Each key encrypts exactly one message (keys are derived per session and per direction), so the
-12-byte nonce is derived together with the key rather than drawn at random.
+A key is derived per session and per direction and normally encrypts one message. The 12-byte
+nonce is nevertheless drawn at random for every encryption and sent in front of the ciphertext
+(:func:`seal_framed`): a party restored from an old state snapshot that encrypts again under the
+same key then uses a fresh nonce, never repeating a key/nonce pair (a repeat would reveal the XOR
+of the two plaintexts and GCM's authentication key).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -12,11 +17,21 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from secagg.hazmat._checks import require_bytes
 from secagg.hazmat.exceptions import InvalidAuthentication
 
-__all__ = ["KEY_BYTES", "NONCE_BYTES", "TAG_BYTES", "open_", "seal"]
+__all__ = [
+    "FRAMED_OVERHEAD",
+    "KEY_BYTES",
+    "NONCE_BYTES",
+    "TAG_BYTES",
+    "open_",
+    "open_framed",
+    "seal",
+    "seal_framed",
+]
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
 TAG_BYTES = 16
+FRAMED_OVERHEAD = NONCE_BYTES + TAG_BYTES
 
 
 def seal(key: bytes, nonce: bytes, plaintext: bytes, associated_data: bytes) -> bytes:
@@ -47,3 +62,23 @@ def open_(key: bytes, nonce: bytes, ciphertext: bytes, associated_data: bytes) -
         )
     except InvalidTag:
         raise InvalidAuthentication("AES-GCM tag does not verify") from None
+
+
+def seal_framed(
+    key: bytes, plaintext: bytes, associated_data: bytes, *, random_bytes: Callable[[int], bytes]
+) -> bytes:
+    """Encrypt under a fresh random nonce; the result is ``nonce | ciphertext | tag``."""
+    nonce = require_bytes("nonce", random_bytes(NONCE_BYTES), NONCE_BYTES)
+    return nonce + seal(key, nonce, plaintext, associated_data)
+
+
+def open_framed(key: bytes, framed: bytes, associated_data: bytes) -> bytes:
+    """Verify and decrypt a :func:`seal_framed` output.
+
+    Raises:
+        InvalidAuthentication: too short, or the tag does not verify.
+    """
+    framed = require_bytes("framed", framed)
+    if len(framed) < FRAMED_OVERHEAD:
+        raise InvalidAuthentication("framed ciphertext is shorter than nonce and tag")
+    return open_(key, framed[:NONCE_BYTES], framed[NONCE_BYTES:], associated_data)

@@ -2,6 +2,10 @@
 
 Keys travel as 32 raw bytes. A shared secret that is all zeros (the peer sent a low-order point)
 is rejected: accepting it would let an active attacker force a known key.
+
+Private keys are generated already clamped (RFC 7748, Sec. 5), so each key has exactly one
+canonical 32-byte encoding: a secret reconstructed from shares can then be compared bit for bit
+(:func:`is_clamped`), not only through the public key, which ignores the five clamped bits.
 """
 
 from __future__ import annotations
@@ -12,10 +16,23 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 
 from secagg.hazmat._checks import require_bytes
 
-__all__ = ["KEY_BYTES", "AgreementKey"]
+__all__ = ["KEY_BYTES", "AgreementKey", "clamp", "is_clamped"]
 
 KEY_BYTES = 32
 _ALL_ZERO = bytes(KEY_BYTES)
+
+
+def clamp(scalar: bytes) -> bytes:
+    """RFC 7748 clamping: clear the 3 low bits and the top bit, set bit 254."""
+    raw = bytearray(require_bytes("scalar", scalar, KEY_BYTES))
+    raw[0] &= 0xF8
+    raw[31] = (raw[31] & 0x7F) | 0x40
+    return bytes(raw)
+
+
+def is_clamped(scalar: bytes) -> bool:
+    """Whether ``scalar`` is a canonical (already clamped) X25519 private key."""
+    return clamp(scalar) == scalar
 
 
 class AgreementKey:
@@ -38,8 +55,8 @@ class AgreementKey:
 
     @classmethod
     def generate(cls, random_bytes: Callable[[int], bytes]) -> AgreementKey:
-        """Draw a fresh key from ``random_bytes`` (``os.urandom`` outside of tests)."""
-        return cls(random_bytes(KEY_BYTES))
+        """Draw a fresh, clamped key from ``random_bytes`` (``os.urandom`` outside of tests)."""
+        return cls(clamp(random_bytes(KEY_BYTES)))
 
     def exchange(self, peer_public_bytes: bytes) -> bytes:
         """Return the 32-byte shared secret with a peer's raw public key.

@@ -6,12 +6,17 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from secagg import Client, DeterministicRandom, SecAggConfig, Server, messages
+from secagg import Client, ClientPolicy, DeterministicRandom, SecAggConfig, Server, messages
 from secagg.hazmat.signing import SigningKey
 
 
 class Round:
-    """n clients and a server over one session, stepped phase by phase by the test."""
+    """n clients and a server over one session, stepped phase by phase by the test.
+
+    The clients hold ``policy`` (default: :meth:`ClientPolicy.permissive`, so that toy cohorts
+    exercise the protocol's mechanics; the attack tests use the secure defaults at realistic
+    sizes).
+    """
 
     def __init__(
         self,
@@ -24,8 +29,10 @@ class Round:
         ring_bits: int = 32,
         seed: int = 0,
         round_index: int = 0,
+        policy: ClientPolicy | None = None,
     ) -> None:
         rng = DeterministicRandom(seed)
+        self.policy = ClientPolicy.permissive() if policy is None else policy
         self.signing_keys = (
             {u: SigningKey.generate(rng) for u in range(1, n + 1)} if identities else {}
         )
@@ -41,7 +48,13 @@ class Round:
         )
         self.server = Server(self.config, random_bytes=rng)
         self.clients = {
-            u: Client(self.config, u, signing_key=self.signing_keys.get(u), random_bytes=rng)
+            u: Client(
+                self.config,
+                u,
+                signing_key=self.signing_keys.get(u),
+                policy=self.policy,
+                random_bytes=rng,
+            )
             for u in self.config.client_ids
         }
         self.inputs = {

@@ -1,5 +1,7 @@
 """The client state machine against a lying or broken server."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -76,10 +78,13 @@ def test_unmask_request_must_name_every_neighbour_and_itself():
 
 
 def test_consistency_check_requires_t_valid_signatures():
-    """With identities, the unmask request must carry >= t valid signatures over U3."""
+    """With identities, the unmask request must carry valid signatures over U3 from t members of
+    each watched neighbourhood (the client's own counts): the server sends exactly t - 1 others,
+    and one fewer is refused."""
     r = Round(5, threshold=4, neighbours=4, identities=True)
     honest = _unmask_request(r, 1, r.until_unmask())
-    too_few = messages.UnmaskRequest(honest.alive, honest.dropped, honest.signatures[:3])
+    assert len(honest.signatures) == 3
+    too_few = messages.UnmaskRequest(honest.alive, honest.dropped, honest.signatures[:-1])
     with pytest.raises(ThresholdNotMet):
         r.clients[1].receive(r.from_server(too_few))
     forged_r = Round(5, threshold=4, neighbours=4, identities=True, seed=1)
@@ -108,8 +113,8 @@ def test_roster_with_a_stranger_or_sybil_is_refused():
     r = Round(10, threshold=3, neighbours=4)
     rosters = r.advertise()
     roster = messages.decode(rosters[1], max_bytes=1 << 20).payload
-    sybil = messages.KeyRoster(
-        (*roster.entries, messages.RosterEntry(999, b"\x09" * 32, b"\x0a" * 32))
+    sybil = dataclasses.replace(
+        roster, entries=(*roster.entries, messages.RosterEntry(999, b"\x09" * 32, b"\x0a" * 32))
     )
     with pytest.raises(UnknownSender):
         r.clients[1].receive(r.from_server(sybil))
@@ -118,13 +123,14 @@ def test_roster_with_a_stranger_or_sybil_is_refused():
     roster = messages.decode(rosters[1], max_bytes=1 << 20).payload
     neighbours = {e.client_id for e in roster.entries}
     stranger = min(set(range(2, 11)) - neighbours)
-    forged = messages.KeyRoster(
-        tuple(
+    forged = dataclasses.replace(
+        roster,
+        entries=tuple(
             sorted(
                 (*roster.entries, messages.RosterEntry(stranger, b"\x09" * 32, b"\x0a" * 32)),
                 key=lambda e: e.client_id,
             )
-        )
+        ),
     )
     with pytest.raises(InconsistentRequest, match="not a neighbour"):
         r.clients[1].receive(r.from_server(forged))
@@ -136,11 +142,12 @@ def test_roster_with_a_forged_key_signature_is_refused():
     roster = messages.decode(r.advertise()[1], max_bytes=1 << 20).payload
     first = roster.entries[0]
     mitm = SigningKey.generate(DeterministicRandom(9)).sign(b"anything")
-    forged = messages.KeyRoster(
-        (
+    forged = dataclasses.replace(
+        roster,
+        entries=(
             messages.RosterEntry(first.client_id, first.channel_key, first.mask_key, mitm),
             *roster.entries[1:],
-        )
+        ),
     )
     with pytest.raises(AuthenticationFailed):
         r.clients[1].receive(r.from_server(forged))
@@ -151,7 +158,7 @@ def test_too_small_neighbourhood_stops_the_client():
     """A client with fewer than t holders for its shares refuses to share (ThresholdNotMet)."""
     r = Round(5, threshold=4, neighbours=4)
     roster = messages.decode(r.advertise()[1], max_bytes=1 << 20).payload
-    small = messages.KeyRoster(roster.entries[:2])
+    small = dataclasses.replace(roster, entries=roster.entries[:2])
     with pytest.raises(ThresholdNotMet):
         r.clients[1].receive(r.from_server(small))
 

@@ -7,6 +7,10 @@ import secagg
 from secagg import Phase, ThresholdNotMet
 from secagg.randomness import DeterministicRandom
 
+# These tests check correctness (exact sums) on toy cohorts and odd rings, below the secure
+# default policy; the policy's refusals are tested in tests/audit.
+PERMISSIVE = secagg.ClientPolicy.permissive()
+
 PHASES_WITHOUT_IDENTITIES = [
     Phase.ADVERTISE_KEYS,
     Phase.SHARE_KEYS,
@@ -51,6 +55,7 @@ def test_sum_is_exact_with_dropouts_up_to_n_minus_t(n, graph, phase):
         neighbours=neighbours,
         dropouts={phase: dropped},
         rng=DeterministicRandom(n),
+        policy=PERMISSIVE,
     )
     if phase is Phase.UNMASK:
         assert result.contributors == frozenset(inputs)
@@ -64,14 +69,20 @@ def test_beyond_n_minus_t_dropouts_the_server_refuses(phase):
     """The server never releases a sum built from fewer than t clients (ThresholdNotMet)."""
     inputs = _inputs(10, 8, 32, seed=1)
     with pytest.raises(ThresholdNotMet):
-        secagg.aggregate(inputs, threshold=6, neighbours=9, dropouts={phase: [1, 2, 3, 4, 5]})
+        secagg.aggregate(
+            inputs, threshold=6, neighbours=9, dropouts={phase: [1, 2, 3, 4, 5]}, policy=PERMISSIVE
+        )
 
 
 def test_unmask_dropouts_beyond_tolerance_fail_the_round():
     """Too few unmask responses: the server raises rather than output a partially masked sum."""
     with pytest.raises(ThresholdNotMet):
         secagg.aggregate(
-            _inputs(6, 8, 32, 2), threshold=4, neighbours=5, dropouts={Phase.UNMASK: [1, 2, 3]}
+            _inputs(6, 8, 32, 2),
+            threshold=4,
+            neighbours=5,
+            dropouts={Phase.UNMASK: [1, 2, 3]},
+            policy=PERMISSIVE,
         )
 
 
@@ -86,6 +97,7 @@ def test_identities_and_consistency_check(phase):
         identities=True,
         dropouts={phase: [2, 5]},
         rng=DeterministicRandom(3),
+        policy=PERMISSIVE,
     )
     assert np.array_equal(result.total, _plain_sum(inputs, result.contributors, 32))
     in_sum = phase in (Phase.CONSISTENCY_CHECK, Phase.UNMASK)
@@ -96,7 +108,9 @@ def test_identities_and_consistency_check(phase):
 def test_every_ring_size(ring_bits):
     """Sums are exact in Z_{2^b} for word-aligned and unaligned b."""
     inputs = _inputs(5, 33, ring_bits, seed=ring_bits)
-    result = secagg.aggregate(inputs, ring_bits=ring_bits, dropouts={Phase.MASKED_INPUT: [4]})
+    result = secagg.aggregate(
+        inputs, ring_bits=ring_bits, dropouts={Phase.MASKED_INPUT: [4]}, policy=PERMISSIVE
+    )
     assert result.total.dtype == (np.uint32 if ring_bits <= 32 else np.uint64)
     assert np.array_equal(
         result.total.astype(np.uint64), _plain_sum(inputs, result.contributors, ring_bits)
@@ -108,13 +122,15 @@ def test_signed_inputs_wrap_as_twos_complement():
     from secagg.ring import to_signed
 
     inputs = {1: np.array([-5, 3]), 2: np.array([2, -7]), 3: np.array([1, 1])}
-    result = secagg.aggregate(inputs, ring_bits=16, input_bound=100)
+    result = secagg.aggregate(inputs, ring_bits=16, input_bound=100, policy=PERMISSIVE)
     assert to_signed(result.total, 16).tolist() == [-2, -3]
 
 
 def test_accounting_counts_real_bytes():
     """Bytes sent by clients equal bytes received by the server, and the reverse."""
-    result = secagg.aggregate(_inputs(8, 100, 32, 4), dropouts={Phase.SHARE_KEYS: [3]})
+    result = secagg.aggregate(
+        _inputs(8, 100, 32, 4), dropouts={Phase.SHARE_KEYS: [3]}, policy=PERMISSIVE
+    )
     clients = [u for u in result.bytes_sent if u != 0]
     assert sum(result.bytes_sent[u] for u in clients) == result.bytes_received[0]
     assert result.bytes_sent[3] > 0  # it advertised keys before dropping
@@ -128,7 +144,7 @@ def test_fresh_randomness_gives_fresh_masks_each_round():
     inputs = _inputs(4, 32, 32, 5)
     for round_index in range(2):
         config = secagg.SecAggConfig.create(range(1, 5), 32, round_index=round_index)
-        client = secagg.Client(config, 1)
+        client = secagg.Client(config, 1, policy=PERMISSIVE)
         seen.append(config.session_id)
         client.set_input(inputs[1])
         seen.append(client.advertise_keys())
