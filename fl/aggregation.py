@@ -128,6 +128,7 @@ def secure_weighted_mean(
     identities: bool = False,
     dropouts: Mapping[int, secagg.Phase] | None = None,
     round_index: int = 0,
+    policy: secagg.ClientPolicy | None = None,
     rounding_random: Callable[[int], RandomSource] | None = None,
     progress: secagg.ProgressCallback | None = None,
 ) -> AggregateOutcome:
@@ -147,15 +148,20 @@ def secure_weighted_mean(
         threshold, neighbours, identities: protocol parameters (see :func:`secagg.aggregate`).
         dropouts: the phase in which each dropping client vanishes.
         round_index: bound into the session.
+        policy: the floors every client holds (secure defaults when omitted).
         rounding_random: ``client id -> random source`` for stochastic rounding (``os.urandom``
             unless a reproducible simulation seeds it).
         progress: per-phase progress callback of the protocol.
 
     Raises:
         secagg.ThresholdNotMet: too many dropouts; no mean is released.
+        secagg.PolicyViolation: the parameters are below the clients' policy.
         secagg.ConfigurationError: parameters that could wrap around the ring.
     """
     started = time.perf_counter()
+    (secagg.ClientPolicy() if policy is None else policy).check_encoding(
+        secagg.Encoding.FIXED_POINT
+    )
     if ring_bits is None:
         needed = FixedPointEncoder.required_ring_bits(
             len(updates), max_weight, clip, precision_bits
@@ -182,6 +188,7 @@ def secure_weighted_mean(
         identities=identities,
         dropouts=_phases_to_clients(dropouts or {}),
         round_index=round_index,
+        policy=policy,
         progress=progress,
     )
     return _outcome(
@@ -203,6 +210,7 @@ def secure_noisy_mean(
     identities: bool = False,
     dropouts: Mapping[int, secagg.Phase] | None = None,
     round_index: int = 0,
+    policy: secagg.ClientPolicy | None = None,
     noise_random: Callable[[int], RandomSource] | None = None,
 ) -> AggregateOutcome:
     """Client-level DP mean: each client clips, rounds and adds its share of integer noise
@@ -211,8 +219,13 @@ def secure_noisy_mean(
 
     Raises:
         secagg.ThresholdNotMet: too many dropouts; nothing is released.
+        secagg.PolicyViolation: the parameters (noise included) are below the clients' policy.
     """
     started = time.perf_counter()
+    policy = secagg.ClientPolicy() if policy is None else policy
+    policy.check_encoding(
+        secagg.Encoding.DISTRIBUTED_DP, noise_multiplier=encoder.noise_multiplier
+    )
     source = noise_random or (lambda _client: system_random)
     encoded = {
         u: encoder.encode(update.vector, rotation_seed=rotation_seed, random_bytes=source(u))
@@ -226,6 +239,7 @@ def secure_noisy_mean(
         identities=identities,
         dropouts=_phases_to_clients(dropouts or {}),
         round_index=round_index,
+        policy=policy,
     )
     contributors = len(result.contributors)
     return _outcome(

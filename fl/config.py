@@ -16,6 +16,7 @@ from dp.accounting import AccountantKind
 from dp.distributed import Mechanism
 from dp.ledger import PrivacyLevel
 from fl.errors import ConfigError
+from secagg import ClientPolicy, ConfigurationError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,6 +31,7 @@ __all__ = [
     "ModelName",
     "Optimizer",
     "Partition",
+    "PolicyConfig",
     "PrivacyConfig",
     "RunConfig",
     "SecureConfig",
@@ -349,12 +351,47 @@ class PrivacyConfig:
             )
 
 
+@dataclass(frozen=True)
+class PolicyConfig:
+    """The floors every client of the federation holds against the server's proposal
+    (:class:`secagg.ClientPolicy`; SECURITY.md, "Client policy"). Lowering them weakens what a
+    dishonest server is kept from; the defaults are the secure ones."""
+
+    min_clients: int = ClientPolicy.min_clients
+    corrupt_fraction: float = ClientPolicy.corrupt_fraction
+    security_bits: int = ClientPolicy.security_bits
+    max_neighbour_loss: float = ClientPolicy.max_neighbour_loss
+    allowed_ring_bits: tuple[int, ...] = (32, 64)
+    min_noise_multiplier: float = ClientPolicy.min_noise_multiplier
+    require_identities: bool = ClientPolicy.require_identities
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "allowed_ring_bits", tuple(self.allowed_ring_bits))
+        try:
+            self.client_policy()
+        except ConfigurationError as error:
+            raise ConfigError("policy", dataclasses.asdict(self), str(error)) from None
+
+    def client_policy(self) -> ClientPolicy:
+        """The :class:`secagg.ClientPolicy` these settings describe."""
+        return ClientPolicy(
+            min_clients=self.min_clients,
+            corrupt_fraction=self.corrupt_fraction,
+            security_bits=self.security_bits,
+            max_neighbour_loss=self.max_neighbour_loss,
+            allowed_ring_bits=frozenset(self.allowed_ring_bits),
+            min_noise_multiplier=self.min_noise_multiplier,
+            require_identities=self.require_identities,
+        )
+
+
 _SECTIONS = {
     "data": DataConfig,
     "model": ModelConfig,
     "training": TrainingConfig,
     "secure": SecureConfig,
     "privacy": PrivacyConfig,
+    "policy": PolicyConfig,
 }
 
 
@@ -373,6 +410,7 @@ class RunConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     secure: SecureConfig = field(default_factory=SecureConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     seed: int = 0
     device: Device = Device.AUTO
     out: str | None = None
@@ -389,6 +427,15 @@ class RunConfig:
                 "privacy.level",
                 "client",
                 "client-level DP adds its noise before masking: keep secure.enabled = true",
+            )
+        floor = self.policy.min_clients
+        if self.secure.enabled and cohort < floor:
+            raise ConfigError(
+                "training.clients",
+                self.training.clients,
+                f"a cohort of at least {floor} clients per round: the clients' policy refuses "
+                f"smaller sessions (policy.min_clients = {floor}); raise training.clients or "
+                "training.per_round, or lower policy.min_clients (weaker protection)",
             )
         if self.secure.enabled and self.secure.threshold is not None:
             _require(

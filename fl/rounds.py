@@ -158,6 +158,7 @@ class Federation:
             identities=secure.identities,
             dropouts=dropouts,
             round_index=round_index,
+            policy=config.policy.client_policy(),
         )
         if self.level is PrivacyLevel.CLIENT:
             encoder = client_encoder(
@@ -202,7 +203,13 @@ class Federation:
             generator=generator,
         )
         self._pending = []
-        if len(cohort) < max(self.config.training.min_clients, self.config.secure.threshold or 0):
+        secure = self.config.secure
+        floor = max(
+            self.config.training.min_clients,
+            secure.threshold or 0,
+            self.config.policy.min_clients if secure.enabled else 0,
+        )
+        if len(cohort) < floor:
             return self._failed(round_index, cohort, 0.0)
         updates, train_seconds = {}, 0.0
         for client in cohort:
@@ -210,7 +217,7 @@ class Federation:
             train_seconds += seconds
         try:
             outcome = self._aggregate(updates, dropouts, round_index)
-        except secagg.ThresholdNotMet:
+        except (secagg.ThresholdNotMet, secagg.PolicyViolation):
             return self._failed(round_index, cohort, train_seconds)
         self.server.apply(outcome.mean)
         return self._metrics(round_index, cohort, train_seconds, outcome, epsilon=self._charge())

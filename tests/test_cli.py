@@ -79,7 +79,7 @@ def test_console_script_help():
 def test_run_writes_the_four_output_files(tmp_path, capsys):
     """`privagg run` with small arguments prints the per-round table and writes its outputs."""
     out = tmp_path / "run"
-    status = main(["run", "--clients", "4", "--rounds", "2", "--out", str(out)])
+    status = main(["run", "--clients", "5", "--rounds", "2", "--out", str(out)])
     printed = capsys.readouterr().out
     assert status == 0
     assert "round  accuracy" in printed and "final test accuracy" in printed
@@ -90,7 +90,7 @@ def test_run_writes_the_four_output_files(tmp_path, capsys):
 def test_run_resume_continues_the_same_folder(tmp_path, capsys):
     """--resume with more rounds continues where the run stopped."""
     out = tmp_path / "run"
-    assert main(["run", "--clients", "4", "--rounds", "1", "--out", str(out)]) == 0
+    assert main(["run", "--clients", "5", "--rounds", "1", "--out", str(out)]) == 0
     assert main(["run", "--rounds", "2", "--resume", "--out", str(out)]) == 0
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
 
@@ -128,7 +128,7 @@ def test_run_with_dp_reports_epsilon_per_round(level, tmp_path, capsys):
         [
             "run",
             "--clients",
-            "4",
+            "5",
             "--rounds",
             "2",
             "--dp",
@@ -181,7 +181,7 @@ def test_sweep_command_prints_the_table(tmp_path, capsys):
             "--rounds",
             "1",
             "--clients",
-            "3",
+            "5",
             "--jobs",
             "1",
             "--out",

@@ -19,5 +19,5 @@ def test_readme_example_runs(block, capsys, tmp_path, monkeypatch):
     """Each python block executes without error (and its printed claims hold)."""
     monkeypatch.chdir(tmp_path)  # examples may write run folders
     exec(compile(block, str(README), "exec"), {})
-    if "[6 6 6 6]" in block:
-        assert "[6 6 6 6]" in capsys.readouterr().out
+    if "[15 15 15 15]" in block:
+        assert "[15 15 15 15]" in capsys.readouterr().out

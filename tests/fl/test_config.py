@@ -65,7 +65,12 @@ def test_bad_toml_and_missing_file(tmp_path):
 def test_cohort_size_respects_fraction_and_minimum():
     """Cohort = round(fraction * clients), at least min_clients, at most clients."""
     config = RunConfig().with_overrides(
-        {"training.clients": 50, "training.fraction": 0.1, "training.min_clients": 3}
+        {
+            "training.clients": 50,
+            "training.fraction": 0.1,
+            "training.min_clients": 3,
+            "policy.min_clients": 3,
+        }
     )
     assert config.training.cohort_size == 5
     config = config.with_overrides({"training.fraction": 0.01})

@@ -15,7 +15,7 @@ from fl.sweep import parse_epsilons, plan_sweep, run_sweep, summarise, write_out
 
 def _config(tmp_path, name="run", **overrides):
     values = {
-        "training.clients": 4,
+        "training.clients": 5,
         "training.rounds": 3,
         "training.local_epochs": 1,
         "out": str(tmp_path / name),
@@ -36,7 +36,7 @@ def test_sample_level_dp_runs_and_meets_its_target(tmp_path):
     assert epsilons == sorted(epsilons) and epsilons[0] > 0
     assert epsilons[-1] <= 3.0 + 1e-6
     privacy = json.loads((result.out / "privacy.json").read_text())
-    assert privacy["level"] == "sample" and len(privacy["epsilon_per_client"]) == 4
+    assert privacy["level"] == "sample" and len(privacy["epsilon_per_client"]) == 5
     assert result.summary["epsilon"] == epsilons[-1]
 
 

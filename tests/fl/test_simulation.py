@@ -13,7 +13,7 @@ from fl.simulation import run_federation
 
 
 def _config(tmp_path, name="run", **overrides):
-    values = {"training.clients": 5, "training.rounds": 3, "out": str(tmp_path / name), **overrides}
+    values = {"training.clients": 6, "training.rounds": 3, "out": str(tmp_path / name), **overrides}
     return RunConfig().with_overrides(values)
 
 
@@ -60,7 +60,7 @@ def test_existing_run_is_not_overwritten(tmp_path):
     with pytest.raises(FLError, match="--resume"):
         run_federation(config)
     with pytest.raises(FLError, match=r"training\.clients"):
-        run_federation(config.with_overrides({"training.clients": 6}), resume=True)
+        run_federation(config.with_overrides({"training.clients": 7}), resume=True)
 
 
 def test_secure_and_plaintext_runs_agree_within_quantisation(tmp_path):
@@ -79,14 +79,15 @@ def test_secure_and_plaintext_runs_agree_within_quantisation(tmp_path):
 
 @pytest.mark.parametrize("phase", list(secagg.Phase))
 def test_dropouts_in_every_phase_are_survived(tmp_path, phase, monkeypatch):
-    """While at least t clients remain, a round survives dropouts in any phase."""
+    """While at least t clients remain (and each keeps its policy's neighbourhood floor), a round
+    survives dropouts in any phase: 7 clients, t = 5, two drop."""
     import fl.rounds as simulation
 
     monkeypatch.setattr(
         simulation, "draw_dropouts", lambda cohort, *_a, **_k: {cohort[0]: phase, cohort[1]: phase}
     )
     config = _config(
-        tmp_path, **{"training.rounds": 1, "training.clients": 6, "secure.identities": True}
+        tmp_path, **{"training.rounds": 1, "training.clients": 7, "secure.identities": True}
     )
     result = run_federation(config)
     (metrics,) = result.history
