@@ -223,8 +223,12 @@ def secure_noisy_mean(
     """
     started = time.perf_counter()
     policy = secagg.ClientPolicy() if policy is None else policy
-    policy.check_encoding(
-        secagg.Encoding.DISTRIBUTED_DP, noise_multiplier=encoder.noise_multiplier
+    policy.check_encoding(secagg.Encoding.DISTRIBUTED_DP)
+    shape = secagg.SecAggConfig.create(
+        range(1, len(updates) + 1), 1, threshold=threshold, neighbours=neighbours
+    )
+    policy.check_noise(
+        shape, noise_multiplier=encoder.noise_multiplier, noise_shares=encoder.noise_shares
     )
     source = noise_random or (lambda _client: system_random)
     encoded = {

@@ -15,6 +15,12 @@ A node that does not answer, answers with an error (for instance because it lack
 sends bytes the server rejects (another session, other parameters, another protocol version)
 is treated as dropped: the round completes without it while the threshold holds, and fails
 with :class:`secagg.ThresholdNotMet` otherwise.
+
+The node decides what is safe for it: it holds a :class:`secagg.ClientPolicy` read from its node
+config (:func:`policy_from_node_config`), refuses a session or a round it has joined before (a
+:class:`secagg.sessions.SessionLog` kept in the node's state), and reports an error to the
+server only as a fixed :class:`secagg.ErrorCode`; the error's text, which can hold values
+derived from the node's data, stays in the node's log.
 """
 
 from __future__ import annotations
@@ -47,18 +53,21 @@ from dp.ledger import ClientLevelEntry, PrivacyLedger, PrivacyLevel
 from secagg.encoding import FixedPointEncoder
 from secagg.hazmat.signing import SigningKey
 from secagg.randomness import DeterministicRandom, system_random
+from secagg.sessions import SessionLog
 
 __all__ = [
     "FLOWER_RECORD",
     "PrivaggWorkflow",
     "RoundReport",
     "flatten_arrays",
+    "policy_from_node_config",
     "privagg_mod",
     "unflatten_arrays",
 ]
 
 FLOWER_RECORD = "privagg"
 _STATE = "privagg-state"
+_SESSIONS = "privagg-sessions"
 _HELLO = "hello"
 _LOG = logging.getLogger("privagg.flower")
 
@@ -88,8 +97,62 @@ def unflatten_arrays(
 # -- client side ----------------------------------------------------------------------------------
 
 
-def _error_reply(msg: Message, reason: str) -> Message:
-    return Message(Error(code=0, reason=reason), reply_to=msg)
+def _error_code(error: BaseException) -> secagg.ErrorCode:
+    return error.code if isinstance(error, _NodeError) else secagg.error_code(error)
+
+
+def _error_reply(msg: Message, error: BaseException) -> Message:
+    """An error for the server: the fixed code and its name, never the error's text (which can
+    hold values derived from the node's data, such as its example count)."""
+    code = _error_code(error)
+    return Message(Error(code=int(code), reason=f"privagg error {code.name}"), reply_to=msg)
+
+
+class _NodeError(Exception):
+    """A failure of the node's own side (training, dropping out) with the code to report."""
+
+    def __init__(self, message: str, code: secagg.ErrorCode) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+_POLICY_KEYS = {
+    "privagg-min-clients": ("min_clients", int),
+    "privagg-corrupt-fraction": ("corrupt_fraction", float),
+    "privagg-security-bits": ("security_bits", int),
+    "privagg-max-neighbour-loss": ("max_neighbour_loss", float),
+    "privagg-ring-bits": ("allowed_ring_bits", str),
+    "privagg-min-noise-multiplier": ("min_noise_multiplier", float),
+    "privagg-require-identities": ("require_identities", bool),
+}
+
+
+def policy_from_node_config(context: Context) -> secagg.ClientPolicy:
+    """The node's :class:`secagg.ClientPolicy`: the secure defaults, with any of these node
+    config keys overriding one floor: ``privagg-min-clients``, ``privagg-corrupt-fraction``,
+    ``privagg-security-bits``, ``privagg-max-neighbour-loss``, ``privagg-ring-bits`` (e.g.
+    ``"32,64"``), ``privagg-min-noise-multiplier``, ``privagg-require-identities``.
+
+    Raises:
+        secagg.ConfigurationError: a value of the wrong type or range.
+    """
+    values: dict[str, object] = {}
+    for key, (name, kind) in _POLICY_KEYS.items():
+        if key not in context.node_config:
+            continue
+        raw = context.node_config[key]
+        if kind is str:
+            try:
+                values[name] = [int(bits) for bits in str(raw).split(",") if bits.strip()]
+            except ValueError:
+                raise secagg.ConfigurationError(
+                    f'node config {key} must list ring sizes like "32,64", got {raw!r}'
+                ) from None
+        elif kind is float and isinstance(raw, int) and not isinstance(raw, bool):
+            values[name] = float(raw)
+        else:
+            values[name] = raw
+    return secagg.ClientPolicy.from_mapping(values)
 
 
 @dataclass(frozen=True)
@@ -134,9 +197,12 @@ def make_privagg_mod(identity: IdentityProvider = identity_from_node_config) -> 
         request = msg.content.config_records[FLOWER_RECORD]
         try:
             reply = _handle(msg, context, request, call_next, identity(context))
-        except (secagg.SecAggError, ValueError, OSError) as error:
+        except (secagg.SecAggError, _NodeError, ValueError, OSError, KeyError) as error:
             context.state.config_records.pop(_STATE, None)
-            return _error_reply(msg, f"privagg: {error}")
+            _LOG.warning(
+                "privagg: this node stops the session (%s): %s", _error_code(error).name, error
+            )
+            return _error_reply(msg, error)
         return Message(RecordDict({FLOWER_RECORD: ConfigRecord(reply)}), reply_to=msg)
 
     return mod
@@ -149,7 +215,8 @@ The wrapped ClientApp trains as usual: it receives the global model as an ArrayR
 ``"arrays"`` and replies with the local model under ``"arrays"`` and a MetricRecord
 ``"metrics"`` holding ``"num-examples"`` (the FedAvg weight). With ``privagg-key`` and
 ``privagg-allowlist`` in the node config, the node signs with its identity and only accepts
-sessions whose identities are all on the allowlist.
+sessions whose identities are all on the allowlist. The node's policy comes from its node
+config (:func:`policy_from_node_config`); errors reach the server as codes only.
 """
 
 
@@ -170,6 +237,26 @@ def _checked_identity(
     return identity.signing_key
 
 
+def _session_log(context: Context) -> SessionLog:
+    """The sessions this node has joined in this run (kept in the node's state)."""
+    saved = context.state.config_records.get(_SESSIONS)
+    return SessionLog() if saved is None else SessionLog.from_bytes(saved["log"])
+
+
+def _check_encoding(
+    config: secagg.SecAggConfig, encoding: dict, policy: secagg.ClientPolicy
+) -> None:
+    """Refuse an encoding, or DP noise, below the node's policy (before any key is drawn)."""
+    kind = secagg.Encoding(encoding["kind"])
+    policy.check_encoding(kind)
+    if kind is secagg.Encoding.DISTRIBUTED_DP:
+        policy.check_noise(
+            config,
+            noise_multiplier=float(encoding["noise_multiplier"]),
+            noise_shares=int(encoding["noise_shares"]),
+        )
+
+
 def _handle(
     msg: Message,
     context: Context,
@@ -178,7 +265,9 @@ def _handle(
     identity: NodeIdentity | None,
 ) -> dict:
     if request.get("drop-in") == request["phase"]:  # injected dropout (tests, experiments)
-        raise ValueError(f"dropping out in {request['phase']} as configured")
+        raise _NodeError(
+            f"dropping out in {request['phase']} as configured", secagg.ErrorCode.DROPPED_OUT
+        )
     if request["phase"] == _HELLO:
         if identity is None:
             raise ValueError("identities were requested, but this node has none configured")
@@ -186,10 +275,20 @@ def _handle(
     if request["phase"] == secagg.Phase.ADVERTISE_KEYS.value:
         config = secagg.SecAggConfig.decode(request["secagg-config"])
         client_id = int(request["client-id"])
+        policy = policy_from_node_config(context)
+        _check_encoding(config, json.loads(request["encoding"]), policy)
+        sessions = _session_log(context)
         client = secagg.Client(
-            config, client_id, signing_key=_checked_identity(config, client_id, identity)
+            config,
+            client_id,
+            signing_key=_checked_identity(config, client_id, identity),
+            policy=policy,
+            sessions=sessions,
         )
-        payload = client.advertise_keys()
+        try:
+            payload = client.advertise_keys()
+        finally:  # a refused session is remembered too: it is never joined later
+            context.state.config_records[_SESSIONS] = ConfigRecord({"log": sessions.to_bytes()})
         saved = {
             key: request[key]
             for key in ("secagg-config", "encoding", "rounding-seed")
@@ -200,7 +299,12 @@ def _handle(
         saved = dict(context.state.config_records[_STATE])
         config = secagg.SecAggConfig.decode(saved["secagg-config"])
         key = _checked_identity(config, int(saved["client-id"]), identity)
-        client = secagg.Client.from_state(config, saved["client-state"], signing_key=key)
+        client = secagg.Client.from_state(
+            config,
+            saved["client-state"],
+            signing_key=key,
+            policy=policy_from_node_config(context),
+        )
         if client.needs_input:
             client.set_input(_encoded_update(msg, context, saved, client.client_id, call_next))
         payload = client.receive(request["message"])
@@ -214,7 +318,9 @@ def _encoded_update(
 ) -> np.ndarray:
     trained = call_next(msg, context)
     if trained.has_error():
-        raise ValueError(f"local training failed: {trained.error.reason}")
+        raise _NodeError(
+            f"local training failed: {trained.error.reason}", secagg.ErrorCode.TRAINING_FAILED
+        )
     global_vector, _ = flatten_arrays(msg.content.array_records["arrays"])
     local_vector, _ = flatten_arrays(trained.content.array_records["arrays"])
     weight = int(trained.content.metric_records["metrics"]["num-examples"])
@@ -270,6 +376,9 @@ class PrivaggWorkflow:
             ``fraction``, clip their update to ``dp_clip`` and add ``dp_mechanism`` noise
             (skellam or ddg) before masking, in a ``dp_ring_bits`` ring; ``ledger`` then holds
             the epsilon spent (at ``dp_delta``), also reported per round.
+        client_policy: the policy the nodes are expected to hold (default: the secure
+            defaults). Sessions are checked against it before they start, and the noise shares
+            are sized for its honest floor t - c; nodes with stricter policies refuse.
 
     Example:
         >>> from flwr.serverapp import ServerApp
@@ -299,9 +408,14 @@ class PrivaggWorkflow:
     dp_mechanism: str = "skellam"
     dp_ring_bits: int = 32
     dp_delta: float = 1e-5
+    client_policy: secagg.ClientPolicy | None = None
     reports: list[RoundReport] = field(default_factory=list)
     ledger: PrivacyLedger | None = None
     _pending: ClientLevelEntry | None = field(default=None, repr=False)
+
+    @property
+    def _policy(self) -> secagg.ClientPolicy:
+        return self.client_policy or secagg.ClientPolicy()
 
     def wait_for_nodes(self, grid: Grid) -> list[int]:
         """The connected node ids, once at least ``min_nodes`` are there (or raise at timeout)."""
@@ -402,7 +516,7 @@ class PrivaggWorkflow:
             "l2_clip": self.dp_clip,
             "noise_multiplier": self.dp_noise_multiplier,
             "cohort": cohort,
-            "noise_shares": config.threshold,
+            "noise_shares": self._policy.honest_floor(config),
             "ring_bits": self.dp_ring_bits,
         }
         noisy = DistributedNoiseEncoder(**{**params, "mechanism": Mechanism(self.dp_mechanism)})
@@ -436,6 +550,7 @@ class PrivaggWorkflow:
         node_of = dict(enumerate(cohort, start=1))
         vector, layout = flatten_arrays(arrays)
         config, encoding, decode = self._session(node_of, vector.size, identities, round_number)
+        self._policy.check_session(config)  # the nodes would refuse it: fail here, with the reason
         server = secagg.Server(config)
         outgoing: dict[int, bytes] | None = None
         for phase in secagg.Phase:

@@ -60,13 +60,15 @@ class ClientLevelPlan:
 
 
 def _noise_shares(config: RunConfig, cohort: int) -> int:
-    """The secure-aggregation threshold for a cohort: the fewest inputs a released sum holds."""
-    return secagg.SecAggConfig.create(
+    """t - c: the fewest honest inputs in a sum the server can unmask (the clients' policy
+    assumes up to c colluders in a neighbourhood, who can subtract their own noise)."""
+    shape = secagg.SecAggConfig.create(
         range(1, cohort + 1),
         1,
         threshold=config.secure.threshold,
         neighbours=config.secure.neighbours,
-    ).threshold
+    )
+    return config.policy.client_policy().honest_floor(shape)
 
 
 def plan_sample_level(config: RunConfig, data: FederatedData) -> SampleLevelPlan:

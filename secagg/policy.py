@@ -228,11 +228,11 @@ class ClientPolicy:
                 sender=0,
             )
 
-    def check_encoding(self, encoding: Encoding, *, noise_multiplier: float | None = None) -> None:
-        """Refuse an encoding this policy does not allow, or DP noise below its floor.
+    def check_encoding(self, encoding: Encoding) -> None:
+        """Refuse an encoding this policy does not allow (or one without DP when DP is required).
 
         Raises:
-            PolicyViolation: naming the encoding or the noise and the floor.
+            PolicyViolation: naming the encoding.
         """
         encoding = Encoding(encoding)
         if encoding not in self.allowed_encodings:
@@ -241,19 +241,41 @@ class ClientPolicy:
                 f"(allowed: {sorted(e.value for e in self.allowed_encodings)})",
                 sender=0,
             )
-        if self.min_noise_multiplier > 0:
-            if encoding is not Encoding.DISTRIBUTED_DP or noise_multiplier is None:
-                raise PolicyViolation(
-                    "this client requires client-level DP noise "
-                    f"(noise multiplier >= {self.min_noise_multiplier}); the session has none",
-                    sender=0,
-                )
-            if not noise_multiplier >= self.min_noise_multiplier:
-                raise PolicyViolation(
-                    f"noise multiplier {noise_multiplier} is below this client's floor of "
-                    f"{self.min_noise_multiplier}",
-                    sender=0,
-                )
+        if self.min_noise_multiplier > 0 and encoding is not Encoding.DISTRIBUTED_DP:
+            raise PolicyViolation(
+                "this client requires client-level DP noise "
+                f"(noise multiplier >= {self.min_noise_multiplier}); the session has none",
+                sender=0,
+            )
+
+    def check_noise(
+        self, config: SecAggConfig, *, noise_multiplier: float, noise_shares: int
+    ) -> None:
+        """Refuse distributed DP noise below this policy.
+
+        Each client adds 1/``noise_shares`` of the target variance; any sum the server can unmask
+        holds at least :meth:`honest_floor` honest inputs, so ``noise_shares`` may not exceed it
+        (colluders subtract their own noise).
+
+        Raises:
+            PolicyViolation: the noise multiplier is below the floor, or each client's share is
+                too small for the honest contributors a released sum is sure to hold.
+        """
+        if not noise_multiplier >= self.min_noise_multiplier:
+            raise PolicyViolation(
+                f"noise multiplier {noise_multiplier} is below this client's floor of "
+                f"{self.min_noise_multiplier}",
+                sender=0,
+            )
+        honest = self.honest_floor(config)
+        if noise_shares > honest:
+            raise PolicyViolation(
+                f"each client is asked for 1/{noise_shares} of the noise, but a released sum is "
+                f"only sure to hold {honest} honest inputs (t = {config.threshold} minus "
+                f"{self.corrupt_neighbours(config)} possible colluders); size the shares for "
+                f"at most {honest}",
+                sender=0,
+            )
 
 
 def _expect(policy: ClientPolicy, name: str, kind: type) -> None:
