@@ -61,31 +61,56 @@ def _snapshot(server: ActiveServer):
     )
 
 
-@pytest.mark.parametrize("n", [300, pytest.param(1000, marks=pytest.mark.slow)])
-def test_isolating_a_client_by_telling_each_holder_its_own_story_is_refused(n):
+# A small sparse graph whose clients assume no colluder (c = 0, so t = (k + 1) // 2 + 1), for
+# quick runs and mutation testing, and the default parameters at realistic sizes.
+NO_COLLUDER = ClientPolicy(corrupt_fraction=0.0)
+SIZES = [
+    pytest.param(40, 12, NO_COLLUDER, id="n40-k12-c0"),
+    pytest.param(300, None, None, id="n300-default"),
+    pytest.param(1000, None, None, id="n1000-default", marks=pytest.mark.slow),
+]
+
+
+def _population(n, neighbours, policy, **kwargs):
+    if neighbours is None:
+        population = Population.create(n, seed=n, **kwargs)
+        default = recommend_parameters(n)
+        assert (population.config.neighbours, population.config.threshold) == (
+            default.neighbours,
+            default.threshold,
+        )
+        return population
+    shape = SecAggConfig.create(range(1, n + 1), 1, neighbours=neighbours, threshold=1)
+    threshold = policy.minimum_threshold(shape)
+    return Population.create(
+        n, seed=n, neighbours=neighbours, threshold=threshold, policy=policy, **kwargs
+    )
+
+
+@pytest.mark.parametrize(("n", "neighbours", "policy"), SIZES)
+def test_isolating_a_client_by_telling_each_holder_its_own_story_is_refused(n, neighbours, policy):
     """One story per client (SECURITY.md, "one story"): the server gives a target u its
     neighbourhood floor of partners, keeps u alive for everyone (they reveal b_u) and tells t
     holders of each partner v that v dropped (they reveal v's mask key, hence s_uv), while v
     is alive in its own story. The per-neighbourhood certification refuses every such story.
     Without it (NoStoryCheckClient), the same strategy recovers u's input exactly."""
-    population = Population.create(n, seed=n)
+    population = _population(n, neighbours, policy)
     config = population.config
-    default = recommend_parameters(n)
-    assert (config.neighbours, config.threshold) == (default.neighbours, default.threshold)
+    policy = policy or ClientPolicy()
     assert not config.complete_graph
     target = config.client_ids[n // 2]
-    plan = isolation_plan(config, target, ClientPolicy().min_live_neighbours(config))
+    plan = isolation_plan(config, target, policy.min_live_neighbours(config))
     server = ActiveServer(population)
     run_isolation(server, plan)
     assert not server.seen.refusals, "honest clients go along until they must act"
     snapshot = _snapshot(server)
 
-    weakened = _phase_four(server, NoStoryCheckClient, snapshot)
+    weakened = _phase_four(server, NoStoryCheckClient, snapshot, policy)
     recovered = weakened.try_unmask(target)
     assert recovered is not None
     assert np.array_equal(recovered, population.inputs[target])
 
-    real = _phase_four(server, Client, snapshot)
+    real = _phase_four(server, Client, snapshot, policy)
     assert real.try_unmask(target) is None
     assert not set(real.seen.key_shares) & plan.partners, "no partner's mask key was revealed"
     tailored = {u for u, dropped in plan.drops.items() if dropped}
@@ -94,14 +119,15 @@ def test_isolating_a_client_by_telling_each_holder_its_own_story_is_refused(n):
     assert all("not certified" in str(real.seen.refusals[u]) for u in tailored)
 
 
-def test_two_signing_groups_cannot_make_neighbours_act_on_two_stories():
+@pytest.mark.parametrize(("n", "neighbours", "policy"), SIZES[:2])
+def test_two_signing_groups_cannot_make_neighbours_act_on_two_stories(n, neighbours, policy):
     """The global quorum is not enough (SECURITY.md, "one story"): with t << n/2 the server
     collects t signatures on a story where x is alive and t on one where x dropped, from
     disjoint groups, and shows each to one of x's holders. A client checking only t signatures
     from members of U3 (GlobalQuorumClient) acts on both stories - one reveals x's self-mask
     share, the other x's key share. The real client requires t signers of N[x] on the same
     story, which two stories cannot both have when 2t > k + 1 + c."""
-    population = Population.create(300, seed=7)
+    population = _population(n, neighbours, policy)
     config = population.config
     server = ActiveServer(population)
     server.advertise()
@@ -122,7 +148,9 @@ def test_two_signing_groups_cannot_make_neighbours_act_on_two_stories():
     for client_class, expect_both in ((GlobalQuorumClient, True), (Client, False)):
         states, seen = snapshot
         server.population.clients = {
-            u: client_class.from_state(config, states[u], signing_key=population.signing_keys[u])
+            u: client_class.from_state(
+                config, states[u], signing_key=population.signing_keys[u], policy=policy
+            )
             for u in states
         }
         server.seen = copy.deepcopy(seen)
