@@ -1,4 +1,4 @@
-"""Run the app on Flower's simulation engine (Ray backend), 3 virtual SuperNodes, 3 rounds.
+"""Run the app on Flower's simulation engine (Ray backend), 5 virtual SuperNodes, 3 rounds.
 
 python examples/flower_app/run_simulation.py
 """
@@ -17,6 +17,6 @@ if __name__ == "__main__":
     run_simulation(
         server_app,
         client_app,
-        num_supernodes=3,
+        num_supernodes=5,
         backend_config={"client_resources": {"num_cpus": 1}},
     )

@@ -76,7 +76,8 @@ def test_flower_app_runs_on_superlink_and_three_supernodes(tmp_path):
                         "--port",
                         str(_free_port()),
                         "--node-config",
-                        f"partition-id={partition} num-partitions=3",
+                        # three processes: the nodes lower their cohort floor to three
+                        f"partition-id={partition} num-partitions=3 privagg-min-clients=3",
                     ],
                     tmp_path / f"supernode{partition}.log",
                     env,
@@ -91,7 +92,7 @@ def test_flower_app_runs_on_superlink_and_three_supernodes(tmp_path):
                 "test",
                 "--stream",
                 "--run-config",
-                f"result-path='{result}' num-rounds=1",
+                f"result-path='{result}' num-rounds=1 min-nodes=3 client-min-clients=3",
             ],
             env=env,
             capture_output=True,

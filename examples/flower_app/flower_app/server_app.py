@@ -10,11 +10,13 @@ from flwr.serverapp import Grid, ServerApp
 
 from fl.flower import PrivaggWorkflow
 from flower_app import task
+from secagg import ClientPolicy
 
 app = ServerApp()
 DEFAULTS = {
     "num-rounds": 3,
-    "min-nodes": 3,
+    "min-nodes": 5,
+    "client-min-clients": 5,
     "local-epochs": 2,
     "learning-rate": 0.1,
     "result-path": "",
@@ -28,6 +30,8 @@ def main(grid: Grid, context: Context) -> None:
     workflow = PrivaggWorkflow(
         num_rounds=int(config["num-rounds"]),
         min_nodes=int(config["min-nodes"]),
+        # the floor the nodes hold (their node config privagg-min-clients; 5 by default)
+        client_policy=ClientPolicy(min_clients=int(config["client-min-clients"])),
         train_config={
             "local-epochs": int(config["local-epochs"]),
             "learning-rate": float(config["learning-rate"]),
