@@ -36,7 +36,7 @@ import numpy as np
 
 import secagg
 from secagg import quorum
-from secagg.graph import neighbourhoods, random_permutation
+from secagg.graph import neighbour_index, neighbourhoods, random_permutation
 from secagg.hazmat.prg import DEFAULT_CHUNK_BYTES, keystream
 
 GB = 1e9
@@ -164,7 +164,7 @@ def _consistency_costs(result: secagg.AggregationResult) -> dict:
             quorum.signers_to_verify(
                 watched=graph[u] | {u},
                 signers=signers,
-                graph=graph,
+                index=neighbour_index(config),
                 threshold=config.threshold,
                 trusted=u,
             )[0]

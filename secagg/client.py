@@ -41,7 +41,7 @@ from secagg.errors import (
     UnknownSender,
     WrongSession,
 )
-from secagg.graph import neighbourhoods
+from secagg.graph import neighbour_index, neighbourhoods
 from secagg.hazmat import aead, shamir, signing
 from secagg.hazmat.agreement import AgreementKey
 from secagg.hazmat.exceptions import InvalidAuthentication
@@ -568,7 +568,7 @@ class Client:
         short = quorum.shortfalls(
             watched={self.client_id, *self._peer_shares},
             signers={*signed, self.client_id},
-            graph=self._graph,
+            index=neighbour_index(self.config),
             threshold=self.config.threshold,
         )
         if short:

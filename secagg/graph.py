@@ -9,15 +9,18 @@ graph from the configuration alone, with no extra message.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from types import MappingProxyType
+
+import numpy as np
 
 from secagg.config import SecAggConfig
 from secagg.hazmat import kdf
 from secagg.hazmat.prg import keystream
 
-__all__ = ["neighbourhoods", "random_permutation"]
+__all__ = ["NeighbourIndex", "neighbour_index", "neighbourhoods", "random_permutation"]
 
 
 def random_permutation(n: int, seed: bytes) -> list[int]:
@@ -61,3 +64,42 @@ def _build(session_id: bytes, client_ids: tuple[int, ...], k: int) -> Mapping[in
 def neighbourhoods(config: SecAggConfig) -> Mapping[int, frozenset[int]]:
     """Map each client id to the ids of its neighbours (never itself); symmetric."""
     return _build(config.session_id, config.client_ids, config.neighbours)
+
+
+@dataclass(frozen=True, eq=False)
+class NeighbourIndex:
+    """The graph as arrays, for counting over neighbourhoods without Python loops.
+
+    Attributes:
+        ids: the cohort's client ids, sorted (a client's position is its index here).
+        closed: row i lists the positions of client ``ids[i]``'s closed neighbourhood
+            N[x] = N(x) + {x} (k + 1 positions).
+    """
+
+    ids: np.ndarray
+    closed: np.ndarray
+
+    def positions(self, clients: Iterable[int]) -> np.ndarray:
+        """The positions of ``clients`` (cohort members), in sorted order."""
+        return np.searchsorted(self.ids, np.fromiter(sorted(clients), dtype=np.int64))
+
+    def mask(self, clients: Iterable[int]) -> np.ndarray:
+        """A boolean vector over positions, True at ``clients``."""
+        marked = np.zeros(len(self.ids), dtype=bool)
+        marked[self.positions(clients)] = True
+        return marked
+
+
+@lru_cache(maxsize=16)
+def _index(session_id: bytes, client_ids: tuple[int, ...], k: int) -> NeighbourIndex:
+    graph = _build(session_id, client_ids, k)
+    ids = np.array(client_ids, dtype=np.int64)
+    rows = [sorted(graph[u] | {u}) for u in client_ids]
+    closed = np.searchsorted(ids, np.array(rows, dtype=np.int64)).astype(np.int32)
+    ids.flags.writeable = closed.flags.writeable = False
+    return NeighbourIndex(ids, closed)
+
+
+def neighbour_index(config: SecAggConfig) -> NeighbourIndex:
+    """The graph of ``config`` as a :class:`NeighbourIndex` (cached per session)."""
+    return _index(config.session_id, config.client_ids, config.neighbours)

@@ -15,34 +15,41 @@ signing groups with different stories.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 
-__all__ = ["closed_neighbourhood", "shortfalls", "signers_to_verify"]
+import numpy as np
+
+from secagg.graph import NeighbourIndex
+
+__all__ = ["shortfalls", "signers_to_verify"]
 
 
-def closed_neighbourhood(graph: Mapping[int, frozenset[int]], client: int) -> frozenset[int]:
-    """N[x]: ``client`` and its neighbours."""
-    return graph[client] | {client}
+def _counts(index: NeighbourIndex, watched: np.ndarray, signed: np.ndarray) -> np.ndarray:
+    """How many signers each watched client's closed neighbourhood holds."""
+    return signed[index.closed[watched]].sum(axis=1)
+
+
+def _report(index: NeighbourIndex, watched: np.ndarray, lacking: np.ndarray) -> dict[int, int]:
+    return {int(index.ids[w]): int(m) for w, m in zip(watched, lacking, strict=True) if m > 0}
 
 
 def shortfalls(
     *,
     watched: Collection[int],
     signers: Collection[int],
-    graph: Mapping[int, frozenset[int]],
+    index: NeighbourIndex,
     threshold: int,
 ) -> dict[int, int]:
     """For each watched client x with fewer than ``threshold`` signers in N[x], how many it lacks."""
-    signed = frozenset(signers)
-    lacking = {x: threshold - len(closed_neighbourhood(graph, x) & signed) for x in watched}
-    return {x: short for x, short in lacking.items() if short > 0}
+    positions = index.positions(watched)
+    return _report(index, positions, threshold - _counts(index, positions, index.mask(signers)))
 
 
 def signers_to_verify(
     *,
     watched: Collection[int],
     signers: Collection[int],
-    graph: Mapping[int, frozenset[int]],
+    index: NeighbourIndex,
     threshold: int,
     trusted: int,
 ) -> tuple[list[int], dict[int, int]]:
@@ -51,23 +58,33 @@ def signers_to_verify(
     ``trusted`` is the checking client itself: it signed U3 and lies in every watched N[x], so it
     counts once for each without a verification. Signers covering more watched neighbourhoods
     are taken first (greedy set cover), so a sparse-graph client verifies about 2(t - 1) + 1
-    signatures instead of its whole two-hop neighbourhood. The server forwards exactly this
-    choice; the client verifies every signature it is given and counts with
-    :func:`shortfalls`.
+    signatures instead of its whole two-hop neighbourhood, and a complete-graph client t - 1.
+    The server forwards exactly this choice; the client verifies every signature it is given
+    and counts with :func:`shortfalls`.
 
     Returns:
         The signers to verify, in order, and the shortfall of each watched x that cannot reach
         ``threshold`` even if every offered signature verifies (empty when all can).
     """
-    watched_set = frozenset(watched)
-    missing = {x: threshold - (trusted in closed_neighbourhood(graph, x)) for x in watched_set}
-    covers = {z: closed_neighbourhood(graph, z) & watched_set for z in signers if z != trusted}
-    order = sorted(covers, key=lambda z: (-len(covers[z]), z))
+    n = len(index.ids)
+    watched_at = index.positions(watched)
+    trusted_at = int(np.searchsorted(index.ids, trusted))
+    missing = threshold - (index.closed[watched_at] == trusted_at).any(axis=1).astype(np.int64)
+    in_reach = np.zeros(n, dtype=bool)
+    in_reach[index.closed[watched_at].ravel()] = True
+    in_reach &= index.mask(signers)
+    in_reach[trusted_at] = False
+    candidates = np.flatnonzero(in_reach)
+    member = np.zeros((len(candidates), n), dtype=bool)
+    member[np.arange(len(candidates))[:, None], index.closed[candidates]] = True
+    covers = member[:, watched_at]  # covers[i, j]: candidate i is in N[watched j]
+    order = np.lexsort((candidates, -covers.sum(axis=1)))
     chosen = []
-    for z in order:
-        useful = [x for x in covers[z] if missing[x] > 0]
-        if useful:
-            chosen.append(z)
-            for x in useful:
-                missing[x] -= 1
-    return chosen, {x: short for x, short in missing.items() if short > 0}
+    for i in order:
+        if not (missing > 0).any():
+            break
+        useful = covers[i] & (missing > 0)
+        if useful.any():
+            chosen.append(int(index.ids[candidates[i]]))
+            missing -= useful
+    return chosen, _report(index, watched_at, missing)

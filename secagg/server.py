@@ -34,7 +34,7 @@ from secagg.errors import (
     UnknownSender,
     WrongSession,
 )
-from secagg.graph import neighbourhoods
+from secagg.graph import neighbour_index, neighbourhoods
 from secagg.hazmat import shamir, signing
 from secagg.hazmat.agreement import AgreementKey, is_clamped
 from secagg.hazmat.exceptions import InvalidAuthentication
@@ -378,10 +378,11 @@ class Server:
         """
         signers = frozenset(self._inbox)
         t = self.config.threshold
+        index = neighbour_index(self.config)
         chosen: dict[int, list[int]] = {}
         for u in signers:
             needed, short = quorum.signers_to_verify(
-                watched=self._watched(u), signers=signers, graph=self._graph, threshold=t, trusted=u
+                watched=self._watched(u), signers=signers, index=index, threshold=t, trusted=u
             )
             if not short:
                 chosen[u] = needed
