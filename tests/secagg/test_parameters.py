@@ -66,6 +66,7 @@ def test_threshold_for_a_given_neighbourhood():
 )
 def test_bad_arguments(kwargs, field):
     """Out-of-range arguments raise ValueError naming the argument."""
+    kwargs = dict(kwargs)  # the parameter is shared between runs: never mutate it
     n = kwargs.pop("n")
     with pytest.raises(ValueError, match=field):
         recommend_parameters(n, **kwargs)
