@@ -44,6 +44,7 @@ def test_misaddressed_messages_are_rejected_without_state_change(header, error):
     """Replays from other sessions or rounds and Sybil senders raise; nothing is recorded."""
     r = Round(4, threshold=3, neighbours=3)
     advert = _advert(r, 1)
+    header = dict(header)  # the parameter is shared between runs: never mutate it
     sender = header.pop("sender_id", 1)
     with pytest.raises(error):
         r.server.receive(r.from_client(advert, sender, **header))
