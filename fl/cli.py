@@ -182,7 +182,7 @@ def _add_run_parser(commands: argparse._SubParsersAction, output: argparse.Argum
         "sample level: DP-SGD (Opacus) on every client, epsilon per record; client level: each "
         "client clips its update and adds integer noise before masking, epsilon per client. "
         "The noise is calibrated once, for the rounds the run starts with: the target epsilon "
-        "is a contract for the run's life. Every flag below needs --dp.",
+        "is a contract for the run's life. The flags after --dp need it.",
     )
     privacy.add_argument(
         "--dp",

@@ -173,9 +173,9 @@ def _check_resumed(folder: Path, config: RunConfig, checkpoint: Checkpoint) -> N
     edits = _differences(saved, edited) - RESUMABLE
     if edits:
         raise FLError(
-            f"{toml_path} was edited ({', '.join(sorted(edits))} differ from the run's "
-            "checkpoint), but a run's settings are fixed when it starts: undo the edit, or start "
-            f"a new run with --config {toml_path} --out NEW_FOLDER"
+            f"{toml_path} was edited (changed from the run's checkpoint: "
+            f"{', '.join(sorted(edits))}), but a run's settings are fixed when it starts: undo "
+            f"the edit, or start a new run with --config {toml_path} --out NEW_FOLDER"
         )
 
 

@@ -220,7 +220,7 @@ MISTAKES = [
         "resume after editing config.toml",
         _damaged(_edit_config_toml),
         2,
-        "config.toml was edited (training.learning_rate",
+        "config.toml was edited (changed from the run's checkpoint: training.learning_rate)",
     ),
     (
         "resume a missing folder",
