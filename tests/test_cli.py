@@ -409,7 +409,11 @@ def test_resume_with_a_truncated_metrics_file_repairs_it_by_name(tmp_path, finis
 def test_version_flag():
     """`privagg --version` prints the installed version."""
     completed = subprocess.run(
-        [sys.executable, "-m", "fl.cli", "--version"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "fl.cli", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     )
     assert completed.stdout.startswith("privagg ")
 
@@ -456,6 +460,7 @@ def test_piped_output_has_no_colour_codes(tmp_path):
         capture_output=True,
         text=True,
         check=True,
+        timeout=120,
         env={k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")},
     )
     assert "\x1b" not in completed.stdout + completed.stderr
@@ -517,6 +522,7 @@ def test_console_script_help():
         capture_output=True,
         text=True,
         check=True,
+        timeout=120,
     )
     assert "--dropout-phase" in completed.stdout
 
