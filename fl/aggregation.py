@@ -12,6 +12,7 @@ import numpy as np
 
 import secagg
 from dp.distributed import DistributedNoiseEncoder
+from fl.errors import InputError
 from secagg.encoding import FixedPointEncoder
 from secagg.randomness import RandomSource, system_random
 
@@ -19,6 +20,7 @@ __all__ = [
     "AggregateOutcome",
     "ClientUpdate",
     "contributes_in_the_clear",
+    "finite_updates",
     "plain_weighted_mean",
     "secure_noisy_mean",
     "secure_weighted_mean",
@@ -64,11 +66,40 @@ def contributes_in_the_clear(phase: secagg.Phase | None) -> bool:
     return phase is None or phase in (secagg.Phase.CONSISTENCY_CHECK, secagg.Phase.UNMASK)
 
 
+def finite_updates(
+    updates: Mapping[int, ClientUpdate],
+) -> tuple[dict[int, ClientUpdate], tuple[int, ...]]:
+    """Split off the updates that hold NaN or infinite values (a client whose training diverged).
+
+    Returns:
+        The finite updates, and the ids of the clients left out, sorted.
+    """
+    left_out = tuple(sorted(u for u, update in updates.items() if not _finite(update.vector)))
+    return {u: v for u, v in updates.items() if u not in left_out}, left_out
+
+
+def _finite(vector: np.ndarray) -> bool:
+    # the sum is finite only if every element is (and is far cheaper than an elementwise mask)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(np.sum(vector, dtype=np.float64)))
+
+
 def plain_weighted_mean(
     updates: Mapping[int, ClientUpdate], *, dropouts: Mapping[int, secagg.Phase] | None = None
 ) -> AggregateOutcome:
-    """FedAvg in the clear: sum_k n_k x_k / sum_k n_k over the clients that deliver."""
+    """FedAvg in the clear: sum_k n_k x_k / sum_k n_k over the clients that deliver.
+
+    Raises:
+        secagg.ThresholdNotMet: no client delivered.
+        InputError: an update holds NaN or infinite values.
+    """
     dropouts = dropouts or {}
+    _, non_finite = finite_updates(updates)
+    if non_finite:
+        raise InputError(
+            f"the updates of clients {list(non_finite)} hold NaN or infinite values; leave them "
+            "out (fl.aggregation.finite_updates) instead of averaging them"
+        )
     contributors = [u for u in sorted(updates) if contributes_in_the_clear(dropouts.get(u))]
     if not contributors:
         raise secagg.ThresholdNotMet("no client delivered its update")

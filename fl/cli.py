@@ -1,52 +1,109 @@
-"""The ``privagg`` command line: argument parsing only; the work lives in library functions."""
+"""The ``privagg`` command line: argument parsing and rendering; the work lives in library
+functions.
+
+One error path: every mistake a user can make (a flag, a TOML file, an output folder, a damaged
+checkpoint) ends with one line naming the file, key or value and the fix, and exit status 2; a
+round that cannot finish safely exits 1; no traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Sequence
-
-from rich.console import Console
+from importlib import metadata
+from pathlib import Path
+from typing import Any
 
 import secagg
 from dp.accounting import AccountantKind
 from dp.distributed import Mechanism
+from dp.errors import DPError
 from dp.ledger import PrivacyLevel
 from fl.config import Device, ModelName, Partition, RunConfig
-from fl.console import phase_progress, render_aggregation
+from fl.console import Output, OutputMode, phase_progress, render_aggregation
 from fl.demo import run_aggregation_demo
-from fl.errors import FLError
+from fl.errors import FLError, OutputError, UsageError
 
 __all__ = ["build_parser", "main"]
 
 _PHASES = [p.value for p in secagg.Phase]
+_DEFAULTS = RunConfig()
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps descriptions and epilogs as written, and shows every option's default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "default" in text
+            or action.default in (None, argparse.SUPPRESS)
+            or not action.option_strings
+            or isinstance(action, argparse._HelpAction | argparse._VersionAction)
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _default(dotted: str) -> str:
+    """The default of a configuration key, for help texts."""
+    value: Any = _DEFAULTS
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return f"(default: {getattr(value, 'value', value)})"
 
 
 def _fraction(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text}") from None
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text}")
     return value
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
 
 
-def _add_run_parser(commands: argparse._SubParsersAction) -> None:
+def _output_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("output").add_mutually_exclusive_group()
+    group.add_argument(
+        "--quiet",
+        action="store_true",
+        help="print nothing but warnings and errors (stderr); the exit status and the files "
+        "written carry the result",
+    )
+    group.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object per line (an event field in each), for programs",
+    )
+    return parent
+
+
+def _add_run_parser(commands: argparse._SubParsersAction, output: argparse.ArgumentParser) -> None:
     run = commands.add_parser(
         "run",
+        parents=[output],
         help="federated training with secure weighted averaging (the main job)",
         description=(
             "Train a model over a federation of in-process clients. Each round the server samples "
             "a cohort, each client trains locally from the global model, and the updates are "
             "averaged with weights n_k/n (FedAvg) through secure aggregation: the server only "
             "ever sees the sum. Clients drop out at random protocol phases. With no flags: 10 "
-            "clients on non-IID (Dirichlet 0.5) handwritten digits, 20 rounds, 10%% dropout. "
+            "clients on non-IID (Dirichlet 0.5) handwritten digits, 20 rounds, 10% dropout. "
             "Settings come from the defaults, then --config FILE, then the flags below. Output: "
             "config.toml, metrics.jsonl, summary.json, training.png and a checkpoint per round."
         ),
@@ -57,73 +114,118 @@ def _add_run_parser(commands: argparse._SubParsersAction) -> None:
             "  privagg run --no-secure --out runs/plain     # plaintext FedAvg, for comparison\n"
             "  privagg run --resume                         # continue the latest run in runs/"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Formatter,
     )
     run.add_argument(
-        "--config", metavar="FILE", help="TOML configuration (see config.toml of any run)"
-    )
-    run.add_argument("--clients", type=int, help="number of clients (default 10)")
-    run.add_argument("--rounds", type=int, help="training rounds (default 20)")
-    run.add_argument(
-        "--fraction", type=float, help="fraction of clients sampled per round, in (0, 1]"
+        "--config",
+        metavar="FILE",
+        help="TOML configuration (see config.toml of any run) (default: none, built-in settings)",
     )
     run.add_argument(
-        "--per-round", type=int, help="clients sampled per round (a count; overrides --fraction)"
+        "--clients", type=int, help=f"number of clients {_default('training.clients')}"
+    )
+    run.add_argument("--rounds", type=int, help=f"training rounds {_default('training.rounds')}")
+    run.add_argument(
+        "--fraction",
+        type=float,
+        help=f"fraction of clients sampled per round, in (0, 1] {_default('training.fraction')}",
     )
     run.add_argument(
-        "--dropout", type=float, help="probability that a sampled client drops out (0.1)"
-    )
-    run.add_argument("--model", choices=[m.value for m in ModelName], help="reference model (mlp)")
-    run.add_argument(
-        "--partition", choices=[p.value for p in Partition], help="data split (dirichlet)"
+        "--per-round",
+        type=int,
+        help="clients sampled per round, a count that overrides --fraction (default: unset)",
     )
     run.add_argument(
-        "--alpha", type=float, help="Dirichlet concentration: smaller is more skewed (0.5)"
+        "--dropout",
+        type=float,
+        help=f"probability that a sampled client drops out {_default('secure.dropout')}",
+    )
+    run.add_argument(
+        "--model",
+        choices=[m.value for m in ModelName],
+        help=f"reference model {_default('model.name')}",
+    )
+    run.add_argument(
+        "--partition",
+        choices=[p.value for p in Partition],
+        help=f"data split {_default('data.partition')}",
+    )
+    run.add_argument(
+        "--alpha",
+        type=float,
+        help=f"Dirichlet concentration: smaller is more skewed {_default('data.alpha')}",
     )
     run.add_argument(
         "--secure",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="secure aggregation on (default) or plaintext FedAvg",
+        help="secure aggregation on, or plaintext FedAvg (default: on)",
     )
     run.add_argument(
-        "--device", choices=[d.value for d in Device], help="where clients train (auto)"
+        "--device",
+        choices=[d.value for d in Device],
+        help=f"where clients train {_default('device')}",
     )
     run.add_argument(
-        "--seed", type=int, help="seed of data split, sampling, dropouts, training (0)"
+        "--seed",
+        type=int,
+        help=f"seed of data split, sampling, dropouts, training {_default('seed')}",
     )
     run.add_argument("--out", metavar="DIR", help="output folder (default: a new runs/run-<time>)")
     run.add_argument(
-        "--resume", action="store_true", help="continue the run in --out (or the latest in runs/)"
+        "--resume",
+        action="store_true",
+        help="continue the run in --out (default: off; without --out, the latest in runs/)",
     )
     privacy = run.add_argument_group(
         "differential privacy",
         "sample level: DP-SGD (Opacus) on every client, epsilon per record; client level: each "
-        "client clips its update and adds integer noise before masking, epsilon per client",
+        "client clips its update and adds integer noise before masking, epsilon per client. "
+        "The noise is calibrated once, for the rounds the run starts with: the target epsilon "
+        "is a contract for the run's life. The flags after --dp need it.",
     )
     privacy.add_argument(
-        "--dp", choices=[v.value for v in PrivacyLevel], help="privacy level (none)"
-    )
-    privacy.add_argument("--epsilon", type=float, help="target epsilon over the whole run")
-    privacy.add_argument("--delta", type=float, help="delta (1e-5); must be below 1/n")
-    privacy.add_argument(
-        "--noise-multiplier", type=float, help="fixed noise instead of a target epsilon"
+        "--dp",
+        choices=[v.value for v in PrivacyLevel],
+        help=f"privacy level {_default('privacy.level')}",
     )
     privacy.add_argument(
-        "--clip", type=float, help="per-sample gradient bound, or update L2 bound (1.0)"
+        "--epsilon", type=float, help="target epsilon over the whole run (default: unset)"
     )
     privacy.add_argument(
-        "--max-epsilon", type=float, help="stop, checkpointed, before a round could pass it"
+        "--delta", type=float, help=f"delta, below 1/n {_default('privacy.delta')}"
+    )
+    privacy.add_argument(
+        "--noise-multiplier",
+        type=float,
+        help="fixed noise instead of a target epsilon (default: unset)",
+    )
+    privacy.add_argument(
+        "--clip",
+        type=float,
+        help=f"per-sample gradient bound, or update L2 bound {_default('privacy.clip')}",
+    )
+    privacy.add_argument(
+        "--max-epsilon",
+        type=float,
+        help="stop, checkpointed, before a round could pass it (default: unset)",
+    )
+    privacy.add_argument(
+        "--allow-overspend",
+        action="store_true",
+        help="with --resume: let --rounds go past the rounds the noise was calibrated for, "
+        "spending more than the target epsilon (recorded in config.toml and summary.json) "
+        "(default: off, such a resume is refused with the epsilon it would reach)",
     )
     privacy.add_argument(
         "--accountant",
         choices=[v.value for v in AccountantKind],
-        help="rdp (default), rdp-classic or prv",
+        help=f"privacy accountant {_default('privacy.accountant')}",
     )
     privacy.add_argument(
         "--mechanism",
         choices=[v.value for v in Mechanism],
-        help="client-level noise: skellam or ddg",
+        help=f"client-level noise {_default('privacy.mechanism')}",
     )
 
 
@@ -149,62 +251,110 @@ _RUN_FLAGS = {
     "accountant": "privacy.accountant",
     "mechanism": "privacy.mechanism",
 }
+_PRIVACY_FLAGS = (
+    "epsilon",
+    "delta",
+    "noise_multiplier",
+    "clip",
+    "max_epsilon",
+    "accountant",
+    "mechanism",
+    "allow_overspend",
+)
 
 
-def _run(args: argparse.Namespace, console: Console) -> int:
-    from fl.config import RunConfig, load_config
-    from fl.console import render_run, round_header, round_progress
-    from fl.simulation import latest_run_folder, new_run_folder, prepare_output, run_federation
+def _check_privacy_flags(args: argparse.Namespace, level: PrivacyLevel) -> None:
+    given = [flag for flag in _PRIVACY_FLAGS if getattr(args, flag) not in (None, False)]
+    if given and level is PrivacyLevel.NONE:
+        flags = ", ".join("--" + flag.replace("_", "-") for flag in given)
+        raise UsageError(
+            f"{flags} without --dp: add --dp sample or --dp client (or privacy.level in the "
+            "--config file), or drop the flag; without a privacy level the run has no "
+            "differential privacy"
+        )
+
+
+def _run_config(args: argparse.Namespace) -> RunConfig:
+    """The run's configuration: defaults, then --config, then flags; or, resuming, the run's
+    own settings with the flags that may change."""
+    from fl.run_folder import latest_run_folder, new_run_folder, resume_config
 
     overrides = {
         key: getattr(args, flag)
         for flag, key in _RUN_FLAGS.items()
-        if getattr(args, flag) is not None
+        if getattr(args, flag) is not None and flag != "out"
     }
     if args.resume:
-        folder = args.out or latest_run_folder()
+        if args.config:
+            raise UsageError(
+                f"--config {args.config} cannot change a run being resumed: it keeps the "
+                "settings it started with (only --rounds and --max-epsilon may change); drop "
+                "--config, or start a new run with it and another --out"
+            )
+        folder = Path(args.out) if args.out else latest_run_folder()
         if folder is None:
-            console.print("[red]error:[/] no run to resume under runs/; pass --out DIR")
-            return 2
-        config = load_config(f"{folder}/config.toml").with_overrides(
-            {**overrides, "out": str(folder)}
+            raise OutputError("no run to resume under runs/; pass --out DIR")
+        config = resume_config(folder, {})
+        _check_privacy_flags(args, PrivacyLevel(args.dp or config.privacy.level))
+        return config.with_overrides(overrides)
+    if args.allow_overspend:
+        raise UsageError(
+            "--allow-overspend applies to --resume only: a new run calibrates its noise for "
+            "all its rounds"
         )
-    else:
-        config = load_config(args.config) if args.config else RunConfig()
-        config = config.with_overrides(overrides)
+    from fl.config import load_config
+
+    config = load_config(args.config) if args.config else RunConfig()
+    _check_privacy_flags(args, PrivacyLevel(args.dp or config.privacy.level))
+    config = config.with_overrides({**overrides, "out": args.out or config.out})
     if config.out is None:
         config = config.with_overrides({"out": str(new_run_folder())})
-    prepare_output(config, resume=args.resume)  # refuse a clash before printing anything
-    training = config.training
-    mode = "secure aggregation" if config.secure.enabled else "plaintext FedAvg"
-    console.print(
-        f"[bold]privagg run[/]: {training.clients} clients ({training.cohort_size} per round), "
-        f"{config.data.dataset.value} {config.data.partition.value}"
-        + (f"({config.data.alpha})" if config.data.partition.value == "dirichlet" else "")
-        + f", {config.model.name.value}, {training.rounds} rounds, {mode}, "
-        f"dropout {config.secure.dropout:.0%}, seed {config.seed}" + _privacy_summary(config)
-    )
-    console.print(
-        round_header(with_epsilon=config.privacy.level is not PrivacyLevel.NONE), highlight=False
-    )
-    with round_progress(console, total=training.rounds, done=0) as on_round:
-        result = run_federation(config, resume=args.resume, on_round=on_round)
-    render_run(console, result)
+    return config
+
+
+def _run(args: argparse.Namespace, output: Output) -> int:
+    from fl.console import render_run, render_run_start, round_progress
+    from fl.simulation import check_output, run_federation
+
+    config = _run_config(args)
+    check_output(config, resume=args.resume)  # refuse a clash before any slow setup
+    with round_progress(output, total=config.training.rounds) as (started, on_round):
+
+        def on_start(start: Any) -> None:
+            render_run_start(output, start)
+            started(start.completed_rounds)
+
+        result = run_federation(
+            config,
+            resume=args.resume,
+            allow_overspend=args.allow_overspend,
+            on_start=on_start,
+            on_round=on_round,
+        )
+    if result.nothing_to_do is not None:
+        output.notice(f"nothing to do in {result.out}: {result.nothing_to_do}")
+        return 0
+    render_run(output, result)
     return 0
 
 
-def _add_sweep_parser(commands: argparse._SubParsersAction) -> None:
+def _add_sweep_parser(
+    commands: argparse._SubParsersAction, output: argparse.ArgumentParser
+) -> None:
     sweep = commands.add_parser(
         "sweep",
+        parents=[output],
         help="privacy-budget experiment: accuracy against epsilon",
         description=(
             "Train the federation once per (epsilon, seed), in parallel processes, each in its own "
             "folder under --out, plus a non-private reference (epsilon inf); then write sweep.csv, "
             "sweep.json and accuracy_vs_epsilon.png and print the table. Run it again with the "
-            "same --out to resume: finished runs are skipped, interrupted ones resume."
+            "same --out and the same settings to resume: finished runs are skipped, interrupted "
+            "ones resume. Other settings (e.g. more rounds, whose noise would not match the "
+            "points' epsilons) are refused: use another --out."
         ),
         epilog="example:\n  privagg sweep --epsilons 0.5,1,2,4,8,inf --level sample --seeds 3 --jobs 2",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Formatter,
     )
     sweep.add_argument(
         "--epsilons", default="0.5,1,2,4,8,inf", help="comma-separated targets (inf: no DP)"
@@ -213,32 +363,40 @@ def _add_sweep_parser(commands: argparse._SubParsersAction) -> None:
         "--level", choices=["sample", "client"], default="sample", help="privacy level"
     )
     sweep.add_argument(
-        "--seeds", type=int, default=3, help="repetitions per epsilon (seeds 0..N-1)"
+        "--seeds", type=_positive, default=3, help="repetitions per epsilon (seeds 0..N-1)"
     )
-    sweep.add_argument("--config", metavar="FILE", help="TOML configuration of every run")
-    sweep.add_argument("--rounds", type=int, help="training rounds of every run")
-    sweep.add_argument("--clients", type=int, help="clients of every run")
+    sweep.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML configuration of every run (default: none, built-in settings)",
+    )
+    sweep.add_argument(
+        "--rounds", type=int, help=f"training rounds of every run {_default('training.rounds')}"
+    )
+    sweep.add_argument(
+        "--clients", type=int, help=f"clients of every run {_default('training.clients')}"
+    )
     sweep.add_argument(
         "--out", metavar="DIR", help="sweep folder (default: a new runs/sweep-<time>)"
     )
-    sweep.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel processes")
+    sweep.add_argument(
+        "--jobs", type=_positive, default=os.cpu_count() or 1, help="parallel processes"
+    )
 
 
-def _sweep(args: argparse.Namespace, console: Console) -> int:
+def _sweep(args: argparse.Namespace, output: Output) -> int:
     import math
     import time
-    from pathlib import Path
 
     from fl.config import load_config
     from fl.console import render_sweep
     from fl.sweep import SweepRow, parse_epsilons, plan_sweep, run_sweep, summarise, write_outputs
 
-    if args.seeds < 1 or args.jobs < 1:
-        console.print("[red]error:[/] --seeds and --jobs must be at least 1")
-        return 2
     base = load_config(args.config) if args.config else RunConfig()
     overrides = {
-        k: v for k, v in (("training.rounds", args.rounds), ("training.clients", args.clients)) if v
+        key: value
+        for key, value in (("training.rounds", args.rounds), ("training.clients", args.clients))
+        if value is not None
     }
     base = base.with_overrides(overrides)
     level = PrivacyLevel(args.level)
@@ -246,54 +404,52 @@ def _sweep(args: argparse.Namespace, console: Console) -> int:
     points = plan_sweep(
         base, epsilons=parse_epsilons(args.epsilons), level=level, seeds=args.seeds, out=out
     )
-    console.print(
-        f"[bold]privagg sweep[/]: {len(points)} runs ({args.level}-level DP), {args.jobs} at a time, in {out}/"
+    output.print(
+        f"[bold]privagg sweep[/]: {len(points)} runs ({args.level}-level DP), {args.jobs} at a "
+        f"time, in {out}/"
     )
+    output.event("start", out=str(out), runs=len(points), level=args.level, jobs=args.jobs)
 
     def report(row: SweepRow, cached: bool) -> None:
         eps = "inf" if math.isinf(row.epsilon) else f"{row.epsilon:g}"
         note = " (already done)" if cached else f" in {row.wall_seconds:.1f} s"
-        console.print(
+        output.plain(
             f"  epsilon {eps:>5} seed {row.seed}: accuracy {100 * row.final_accuracy:.1f}%{note}"
         )
+        output.event("point", cached=cached, **row.__dict__)
 
     rows = run_sweep(points, jobs=args.jobs, on_result=report)
     write_outputs(out, rows, level=level)
-    render_sweep(console, summarise(rows), level=args.level, delta=base.privacy.delta)
-    console.print(f"written to {out}/: sweep.csv, sweep.json, accuracy_vs_epsilon.png")
+    render_sweep(output, summarise(rows), level=args.level, delta=base.privacy.delta)
+    files = ["sweep.csv", "sweep.json", "accuracy_vs_epsilon.png"]
+    output.plain(f"written to {out}/: {', '.join(files)}")
+    output.event("files", out=str(out), files=files)
     return 0
 
 
-def _audit(args: argparse.Namespace, console: Console) -> int:
-    from pathlib import Path
-
+def _audit(args: argparse.Namespace, output: Output) -> int:
     from fl.audit_report import build_report, render_markdown, write_report
     from fl.config import load_config
 
     config = load_config(args.config) if args.config else RunConfig()
-    console.print(
+    output.print(
         "[bold]privagg audit[/]: empirical privacy audit"
         + ("" if args.no_tests else " and backing tests")
         + " ..."
     )
     report = build_report(config, run_tests=not args.no_tests)
     write_report(Path(args.out), report)
-    console.print(render_markdown(report), markup=False, highlight=False)
-    console.print(f"written to {args.out}/: audit.md, audit.json")
+    output.plain(render_markdown(report))
+    output.plain(f"written to {args.out}/: audit.md, audit.json")
     failed = any(result["failed"] for result in (report["claims"] or {}).values())
     return 1 if failed else 0
 
 
-def _privacy_summary(config: RunConfig) -> str:
-    privacy = config.privacy
-    if privacy.level is PrivacyLevel.NONE:
-        return ""
-    target = (
-        f"epsilon {privacy.epsilon}"
-        if privacy.epsilon
-        else f"noise multiplier {privacy.noise_multiplier}"
-    )
-    return f", {privacy.level.value}-level DP ({target}, delta {privacy.delta:g}, {privacy.accountant.value})"
+def _version() -> str:
+    try:
+        return metadata.version("privagg")
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from a bare checkout
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -301,10 +457,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="privagg",
         description="Privacy-preserving federated learning: secure aggregation and differential privacy.",
+        formatter_class=_Formatter,
     )
+    parser.add_argument("--version", action="version", version=f"privagg {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_run_parser(commands)
-    _add_sweep_parser(commands)
+    output = _output_options()
+    _add_run_parser(commands, output)
+    _add_sweep_parser(commands, output)
     audit = commands.add_parser(
         "audit",
         help="guarantee report: threat model, parameters, empirical privacy audit, backing tests",
@@ -314,14 +473,18 @@ def build_parser() -> argparse.ArgumentParser:
             "the one-run empirical audit's epsilon lower bound (Steinke et al. 2023); and, for "
             "each claim, the tests that back it and their result (runs pytest in a checkout)."
         ),
+        formatter_class=_Formatter,
     )
     audit.add_argument(
-        "--config", metavar="FILE", help="TOML configuration (default: the default run)"
+        "--config",
+        metavar="FILE",
+        help="TOML configuration (default: none, the default run)",
     )
     audit.add_argument("--out", metavar="DIR", default="runs/audit", help="report folder")
     audit.add_argument("--no-tests", action="store_true", help="skip running the backing tests")
     aggregate = commands.add_parser(
         "aggregate",
+        parents=[output],
         help="run one secure-aggregation round over in-process clients and check the sum",
         description=(
             "Run one round of secure aggregation (Bonawitz et al. 2017, SecAgg+ graph of Bell et "
@@ -330,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
             "checked against the plaintext sum. Threshold and neighbours default to the rules in "
             "SECURITY.md."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Formatter,
     )
     aggregate.add_argument("--clients", type=_positive, default=100, help="number of clients n")
     aggregate.add_argument("--dim", type=_positive, default=100_000, help="vector length d")
@@ -345,10 +508,14 @@ def build_parser() -> argparse.ArgumentParser:
         "for the server, which must rebuild their pairwise masks",
     )
     aggregate.add_argument(
-        "--threshold", type=_positive, help="Shamir threshold t (default: recommended)"
+        "--threshold",
+        type=_positive,
+        help="Shamir threshold t (default: recommended for n, see SECURITY.md)",
     )
     aggregate.add_argument(
-        "--neighbours", type=_positive, help="neighbours k; n-1 = complete graph"
+        "--neighbours",
+        type=_positive,
+        help="neighbours k; n-1 = complete graph (default: recommended for n)",
     )
     aggregate.add_argument("--ring-bits", type=int, default=32, help="sum modulo 2^b")
     aggregate.add_argument(
@@ -357,21 +524,35 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="Ed25519 client identities: signed keys and messages plus the consistency check",
     )
-    aggregate.add_argument("--seed", type=int, help="replay protocol randomness (demos only)")
+    aggregate.add_argument(
+        "--seed", type=int, help="replay protocol randomness, demos only (default: os.urandom)"
+    )
     return parser
 
 
-def _aggregate(args: argparse.Namespace, console: Console) -> int:
+def _aggregate(args: argparse.Namespace, output: Output) -> int:
     phase = secagg.Phase(args.dropout_phase)
     if phase is secagg.Phase.CONSISTENCY_CHECK and not args.identities:
-        console.print("[red]error:[/] the consistency-check phase exists only with --identities")
-        return 2
-    console.print(
-        f"[bold]privagg aggregate[/]: {args.clients} clients, d={args.dim:,}, ring Z_2^{args.ring_bits}, "
-        f"{args.dropout:.0%} dropping out in {phase.value}, identities "
+        return output.error(
+            "--dropout-phase consistency-check exists only with --identities; drop "
+            "--no-identities or pick another phase",
+            exit_code=2,
+        )
+    output.print(
+        f"[bold]privagg aggregate[/]: {args.clients} clients, d={args.dim:,}, ring "
+        f"Z_2^{args.ring_bits}, {args.dropout:.0%} dropping out in {phase.value}, identities "
         f"{'on' if args.identities else 'off'}"
     )
-    with phase_progress(console) as progress:
+    output.event(
+        "start",
+        clients=args.clients,
+        dim=args.dim,
+        ring_bits=args.ring_bits,
+        dropout=args.dropout,
+        dropout_phase=phase.value,
+        identities=args.identities,
+    )
+    with phase_progress(output) as progress:
         outcome = run_aggregation_demo(
             clients=args.clients,
             dim=args.dim,
@@ -385,39 +566,62 @@ def _aggregate(args: argparse.Namespace, console: Console) -> int:
             progress=progress,
         )
     config = outcome.result.config
-    console.print(
-        f"graph: {'complete (SecAgg)' if config.complete_graph else f'{config.neighbours}-regular (SecAgg+)'}"
-        f", threshold t={config.threshold}"
+    graph = (
+        "complete (SecAgg)" if config.complete_graph else f"{config.neighbours}-regular (SecAgg+)"
     )
-    render_aggregation(console, outcome)
+    output.plain(f"graph: {graph}, threshold t={config.threshold}")
+    render_aggregation(output, outcome)
     return 0 if outcome.correct else 1
+
+
+def _dispatch(args: argparse.Namespace, output: Output) -> int:
+    if args.command == "run":
+        return _run(args, output)
+    if args.command == "sweep":
+        return _sweep(args, output)
+    if args.command == "audit":
+        return _audit(args, output)
+    return _aggregate(args, output)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``privagg`` console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    console = Console(soft_wrap=True)
     if args.command is None:
         parser.print_help()
         return 0
-    try:
-        if args.command == "run":
-            return _run(args, console)
-        if args.command == "sweep":
-            return _sweep(args, console)
-        if args.command == "audit":
-            return _audit(args, console)
-        return _aggregate(args, console)
-    except FLError as error:
-        console.print(f"[red]error:[/] {error}")
-        return 2
-    except secagg.ThresholdNotMet as error:
-        console.print(f"[red]round failed:[/] {error}\nfix: fewer dropouts, or a lower --threshold")
-        return 1
-    except (secagg.ConfigurationError, ValueError) as error:
-        console.print(f"[red]error:[/] {error}")
-        return 2
+    mode = OutputMode.TEXT
+    if getattr(args, "json", False):
+        mode = OutputMode.JSON
+    elif getattr(args, "quiet", False):
+        mode = OutputMode.QUIET
+    output = Output(mode)
+    with warnings.catch_warnings():
+        # library warnings (a non-finite update, clipped values, a repaired file) go through the
+        # output mode: one line on stderr, or a JSON event
+        warnings.showwarning = lambda message, *_args, **_kwargs: output.warning(str(message))
+        try:
+            return _dispatch(args, output)
+        except KeyboardInterrupt:
+            return output.error(
+                "interrupted; the last completed round is checkpointed: resume with --resume",
+                exit_code=130,
+            )
+        except secagg.ThresholdNotMet as error:
+            return output.error(
+                f"{error}; fix: fewer dropouts, or a lower --threshold",
+                exit_code=1,
+                label="round failed",
+            )
+        except (FLError, DPError, secagg.SecAggError, ValueError) as error:
+            return output.error(" ".join(str(error).split()), exit_code=2)
+        except OSError as error:
+            where = f"{error.filename}: " if error.filename else ""
+            return output.error(
+                f"{where}{error.strerror or error}; check the path and its permissions",
+                exit_code=2,
+            )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import sys
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
@@ -15,7 +18,7 @@ import tomli_w
 from dp.accounting import AccountantKind
 from dp.distributed import Mechanism
 from dp.ledger import PrivacyLevel
-from fl.errors import ConfigError
+from fl.errors import ConfigError, ConfigFileError
 from secagg import ClientPolicy, ConfigurationError
 
 if sys.version_info >= (3, 11):
@@ -83,6 +86,73 @@ def _require(condition: bool, key: str, value: object, allowed: str) -> None:
         raise ConfigError(key, value, allowed)
 
 
+def _describe(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, numbers.Integral):
+        return "an integer"
+    if isinstance(value, numbers.Real):
+        return "a number with a fraction" if not float(value).is_integer() else "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
+
+
+def _coerce(key: str, value: object, hint: object) -> object:
+    """``value`` checked against the field type ``hint``: strict TOML types (no bool for an int,
+    no string for a bool, no float for an int), ints widened to float where a float is wanted.
+
+    Raises:
+        ConfigError: a value of another type, or a non-finite number.
+    """
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        (hint,) = options
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, str):
+            allowed = ", ".join(f'"{e.value}"' for e in hint)
+            raise ConfigError(key, value, f"a string, one of {allowed} (got {_describe(value)})")
+        return _enum(hint, key, value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, value, f"true or false, unquoted (got {_describe(value)})")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            fix = f": write {int(value)}" if _describe(value) == "a float" else ""
+            raise ConfigError(key, value, f"an integer (got {_describe(value)}{fix})")
+        return int(value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ConfigError(key, value, f"a number (got {_describe(value)})")
+        if not math.isfinite(value):
+            raise ConfigError(key, value, "a finite number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, value, f"a string (got {_describe(value)})")
+        return value
+    raise AssertionError(f"no type check for {hint!r}")  # pragma: no cover - a new field type
+
+
+def _check_types(obj: Any, prefix: str) -> None:
+    """Check and normalise every field of a frozen configuration dataclass in place."""
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        if not f.init or dataclasses.is_dataclass(hints[f.name]):
+            continue
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        object.__setattr__(obj, f.name, _coerce(key, getattr(obj, f.name), hints[f.name]))
+
+
 def _enum(enum: type[Enum], key: str, value: object) -> Enum:
     try:
         return enum(value)
@@ -104,8 +174,7 @@ class DataConfig:
     synthetic_classes: int = 10
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "dataset", _enum(Dataset, "data.dataset", self.dataset))
-        object.__setattr__(self, "partition", _enum(Partition, "data.partition", self.partition))
+        _check_types(self, "data")
         _require(
             self.alpha > 0 and math.isfinite(self.alpha),
             "data.alpha",
@@ -152,7 +221,7 @@ class ModelConfig:
     hidden: int = 64
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "name", _enum(ModelName, "model.name", self.name))
+        _check_types(self, "model")
         _require(self.hidden >= 1, "model.hidden", self.hidden, "an integer >= 1")
 
 
@@ -173,9 +242,7 @@ class TrainingConfig:
     server_learning_rate: float = 1.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(
-            self, "optimizer", _enum(Optimizer, "training.optimizer", self.optimizer)
-        )
+        _check_types(self, "training")
         _require(self.rounds >= 1, "training.rounds", self.rounds, "an integer >= 1")
         _require(self.clients >= 2, "training.clients", self.clients, "an integer >= 2")
         _require(0 < self.fraction <= 1, "training.fraction", self.fraction, "a number in (0, 1]")
@@ -234,6 +301,7 @@ class SecureConfig:
     identities: bool = False
 
     def __post_init__(self) -> None:
+        _check_types(self, "secure")
         _require(0 <= self.dropout < 1, "secure.dropout", self.dropout, "a probability in [0, 1)")
         _require(
             0 <= self.precision_bits <= 40,
@@ -291,11 +359,7 @@ class PrivacyConfig:
     reproducible_noise: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "level", _enum(PrivacyLevel, "privacy.level", self.level))
-        object.__setattr__(
-            self, "accountant", _enum(AccountantKind, "privacy.accountant", self.accountant)
-        )
-        object.__setattr__(self, "mechanism", _enum(Mechanism, "privacy.mechanism", self.mechanism))
+        _check_types(self, "privacy")
         _require(
             0 < self.delta < 1,
             "privacy.delta",
@@ -335,7 +399,17 @@ class PrivacyConfig:
             self.max_physical_batch,
             "an integer >= 1",
         )
-        if self.level is not PrivacyLevel.NONE:
+        if self.level is PrivacyLevel.NONE:
+            for key in ("epsilon", "noise_multiplier", "max_epsilon"):
+                _require(
+                    getattr(self, key) is None,
+                    f"privacy.{key}",
+                    getattr(self, key),
+                    "it needs a privacy level: add privacy.level = sample or client (--dp sample "
+                    "or --dp client), or leave it out; without a level the run has no "
+                    "differential privacy",
+                )
+        else:
             _require(
                 (self.epsilon is None) != (self.noise_multiplier is None),
                 "privacy.epsilon",
@@ -416,10 +490,8 @@ class RunConfig:
     out: str | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "device", _enum(Device, "device", self.device))
-        _require(
-            isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "an integer >= 0"
-        )
+        _check_types(self, "")
+        _require(self.seed >= 0, "seed", self.seed, "an integer >= 0")
         cohort = self.training.cohort_size
         if self.privacy.level is PrivacyLevel.CLIENT:
             _require(
@@ -519,17 +591,28 @@ def parse_toml(text: str, *, source: str = "--config") -> RunConfig:
     try:
         values = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(source, "...", f"valid TOML ({error})") from None
-    return RunConfig.from_dict(values)
+        raise ConfigFileError(source, f"not valid TOML ({error}); fix the file") from None
+    try:
+        return RunConfig.from_dict(values)
+    except ConfigError as error:
+        raise error.in_file(source) from None
 
 
 def load_config(path: str | Path) -> RunConfig:
     """Read and validate a TOML configuration file.
 
     Raises:
-        ConfigError: the file is missing, not TOML, or holds invalid values.
+        ConfigFileError: the file is missing, unreadable or not TOML.
+        ConfigError: it holds invalid values (the message names the file).
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigFileError(str(path), "is a folder; --config needs an existing TOML file")
     if not path.is_file():
-        raise ConfigError("--config", str(path), "an existing TOML file")
-    return parse_toml(path.read_text(), source=str(path))
+        raise ConfigFileError(str(path), "not found; --config needs an existing TOML file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise ConfigFileError(str(path), f"cannot be read ({reason})") from None
+    return parse_toml(text, source=str(path))

@@ -8,6 +8,7 @@ is held out before partitioning, so no client ever trains on test examples.
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,7 @@ def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             if missing:
                 raise DataError(f"{path} lacks array(s) {sorted(missing)}; it has {archive.files}")
             return _validated(archive["x"], archive["y"], str(path))
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise DataError(f"{path} is not a readable .npz file: {error}") from None
 
 

@@ -19,6 +19,9 @@ Example:
 
 from __future__ import annotations
 
+import math
+import numbers
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -26,8 +29,9 @@ import torch
 
 import secagg
 from fl.aggregation import ClientUpdate, secure_weighted_mean
+from fl.errors import ClippedValuesWarning, InputError
 
-__all__ = ["Layout", "flatten", "secure_average", "unflatten"]
+__all__ = ["DEFAULT_RANGE", "Layout", "flatten", "secure_average", "unflatten"]
 
 Layout = list[tuple[str, torch.Size, torch.dtype, torch.device]]
 Tree = Mapping[str, torch.Tensor] | torch.Tensor
@@ -65,11 +69,79 @@ def unflatten(vector: np.ndarray, layout: Layout, like: Tree) -> Tree:
     return {name: rebuilt.get(name, tensor) for name, tensor in like.items()}
 
 
+DEFAULT_RANGE = 4.0
+"""The value range ``[-4, 4]`` secure_average accepts when no ``clip`` is given."""
+
+
+def _weight(index: int, value: object) -> int:
+    """One weight as the exact integer it stands for, or a clear error with the real value."""
+    if (isinstance(value, torch.Tensor) and value.numel() == 1) or isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"weights[{index}] = {value!r} is not a number; pass each client's example count"
+        )
+    if not math.isfinite(value):
+        raise InputError(
+            f"weights[{index}] = {value} is not a finite number; pass each client's example count"
+        )
+    if value != int(value):
+        raise InputError(
+            f"weights[{index}] = {value} is not a whole number: secure aggregation sums integer "
+            "weights (example counts) exactly, and fractional ones are never rounded silently; "
+            "pass counts, or scale all weights to integers yourself (the mean does not change "
+            "when every weight is scaled alike), e.g. [round(w * 1000) for w in weights]"
+        )
+    if value < 1:
+        raise InputError(
+            f"weights[{index}] = {value} must be at least 1: a client with weight 0 adds "
+            "nothing to the mean, so leave its update out (and weights cannot be negative)"
+        )
+    return int(value)
+
+
+def _check_values(vectors: list[np.ndarray], clip: float | None) -> float:
+    """The clipping bound to encode with; refuse what cannot be averaged as given.
+
+    Raises:
+        InputError: non-finite values, or (without ``clip``) values beyond the default range.
+    """
+    for index, vector in enumerate(vectors):
+        bad = int(np.count_nonzero(~np.isfinite(vector)))
+        if bad:
+            raise InputError(
+                f"updates[{index}] holds {bad} NaN or infinite values (a diverged client); "
+                "leave it out of the average"
+            )
+    bound = DEFAULT_RANGE if clip is None else clip
+    outside = [int(np.count_nonzero(np.abs(v) > bound)) for v in vectors]
+    if not any(outside):
+        return bound
+    largest = max(float(np.max(np.abs(v))) for v in vectors)
+    if clip is None:
+        index = next(i for i, count in enumerate(outside) if count)
+        raise InputError(
+            f"updates[{index}] has {outside[index]} values outside [-{bound:g}, {bound:g}] "
+            f"(largest magnitude over all updates: {largest:.4g}); secure_average never clips "
+            "silently: pass updates (local - global), not whole models, or pass clip= to clip "
+            "at a bound you choose (a warning then counts the values clipped)"
+        )
+    total = sum(outside)
+    warnings.warn(
+        f"secure_average clipped {total} of {sum(v.size for v in vectors)} values, from "
+        f"{sum(1 for c in outside if c)} of {len(vectors)} clients, to [-{bound:g}, {bound:g}] "
+        f"(largest magnitude {largest:.4g})",
+        ClippedValuesWarning,
+        stacklevel=3,
+    )
+    return bound
+
+
 def secure_average(
     updates: Sequence[Tree],
     *,
     weights: Sequence[int] | None = None,
-    clip: float = 4.0,
+    clip: float | None = None,
     precision_bits: int = 16,
     max_weight: int | None = None,
     dropouts: Mapping[int, secagg.Phase] | None = None,
@@ -79,13 +151,20 @@ def secure_average(
 ) -> Tree:
     """The weighted mean of the clients' updates, computed by secure aggregation.
 
+    Nothing is changed silently: a weight or value that cannot be averaged exactly as given is
+    an error naming it, and clipping happens only at a bound you pass, with a warning.
+
     Args:
         updates: one state dict (or tensor) per client, all of the same layout.
-        weights: each client's weight (its example count); equal weights if omitted.
-        clip: elementwise clipping range of the updates (pass deltas, not whole models, when
-            the parameters themselves exceed it).
+        weights: each client's weight, a whole number >= 1 (its example count; ints, integral
+            floats and integer scalars of numpy or torch); equal weights if omitted. Weights are
+            summed exactly, as integers, inside the protocol.
+        clip: clip every value to ``[-clip, clip]``, with a :class:`~fl.errors.ClippedValuesWarning`
+            counting the values clipped. Unset: values must lie in ``[-4, 4]`` (pass deltas,
+            not whole models) and any beyond is an error.
         precision_bits: fixed-point precision; the mean is exact within 2^-precision_bits.
-        max_weight: public bound on the weights (default: the largest weight given).
+        max_weight: public bound on the weights, which sizes the ring (default: the largest
+            weight given).
         dropouts: ``{client index: phase}`` for clients that vanish during the protocol;
             indices are positions in ``updates``.
         threshold, neighbours, identities: protocol parameters (see :func:`secagg.aggregate`).
@@ -94,25 +173,48 @@ def secure_average(
         The mean in the layout, dtypes and devices of ``updates[0]``.
 
     Raises:
-        ValueError: the updates do not share one layout, or weights do not match.
+        TypeError: a weight that is not a number.
+        InputError: (a ``ValueError``) fewer than 2 updates, layouts that differ, a weight that
+            is not a whole number >= 1 or exceeds ``max_weight``, non-finite values, values
+            beyond the range without ``clip``, a dropout index out of range.
         secagg.ThresholdNotMet: too many dropouts; no mean is released.
     """
     if len(updates) < 2:
-        raise ValueError(f"secure averaging needs at least 2 clients, got {len(updates)}")
-    weights = list(weights) if weights is not None else [1] * len(updates)
-    if len(weights) != len(updates):
-        raise ValueError(f"{len(weights)} weights for {len(updates)} updates")
+        raise InputError(f"secure averaging needs at least 2 clients, got {len(updates)}")
+    given = list(weights) if weights is not None else [1] * len(updates)
+    if len(given) != len(updates):
+        raise InputError(f"{len(given)} weights for {len(updates)} updates; pass one per update")
+    counts = [_weight(i, w) for i, w in enumerate(given)]
+    if max_weight is None:
+        max_weight = max(counts)
+    elif isinstance(max_weight, bool) or not isinstance(max_weight, int) or max_weight < 1:
+        raise InputError(f"max_weight = {max_weight!r} must be an integer >= 1")
+    for index, count in enumerate(counts):
+        if count > max_weight:
+            raise InputError(
+                f"weights[{index}] = {count} exceeds max_weight = {max_weight}; raise max_weight "
+                "(a public bound that sizes the ring) or leave it unset"
+            )
+    if clip is not None and not (math.isfinite(clip) and clip > 0):
+        raise InputError(f"clip = {clip!r} must be a positive finite bound")
+    for index in dropouts or {}:
+        if not (isinstance(index, int) and 0 <= index < len(updates)):
+            raise InputError(
+                f"dropouts names client {index!r}; indices are positions in updates, "
+                f"0..{len(updates) - 1}"
+            )
     flat = [flatten(update) for update in updates]
     layout = flat[0][1]
     if any([(n, s) for n, s, *_ in other] != [(n, s) for n, s, *_ in layout] for _, other in flat):
-        raise ValueError("all updates must have the same names and shapes")
+        raise InputError("all updates must have the same names and shapes")
+    bound = _check_values([vector for vector, _ in flat], clip)
     outcome = secure_weighted_mean(
         {
-            i + 1: ClientUpdate(vector, int(w))
-            for i, ((vector, _), w) in enumerate(zip(flat, weights, strict=True))
+            i + 1: ClientUpdate(vector, count)
+            for i, ((vector, _), count) in enumerate(zip(flat, counts, strict=True))
         },
-        max_weight=max_weight or max(int(w) for w in weights),
-        clip=clip,
+        max_weight=max_weight,
+        clip=bound,
         precision_bits=precision_bits,
         threshold=threshold,
         neighbours=neighbours,

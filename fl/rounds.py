@@ -20,6 +20,8 @@ from dp.ledger import ClientLevelEntry, PrivacyLedger, PrivacyLevel, SampleLevel
 from fl.aggregation import (
     AggregateOutcome,
     ClientUpdate,
+    contributes_in_the_clear,
+    finite_updates,
     plain_weighted_mean,
     secure_noisy_mean,
     secure_weighted_mean,
@@ -204,23 +206,50 @@ class Federation:
         )
         self._pending = []
         secure = self.config.secure
-        floor = max(
+        needed = max(
             self.config.training.min_clients,
             secure.threshold or 0,
             self.config.policy.min_clients if secure.enabled else 0,
         )
-        if len(cohort) < floor:
-            return self._failed(round_index, cohort, 0.0)
+        if len(cohort) < needed:
+            return self._failed(round_index, cohort, 0.0, dropped=0, traffic=0)
         updates, train_seconds = {}, 0.0
         for client in cohort:
             updates[client], seconds = self._train(round_index, client)
             train_seconds += seconds
+        updates, non_finite = finite_updates(updates)
+        dropouts = {u: phase for u, phase in dropouts.items() if u in updates}
+        vanished = sum(not contributes_in_the_clear(phase) for phase in dropouts.values())
+        if len(updates) < needed:
+            return self._failed(
+                round_index,
+                cohort,
+                train_seconds,
+                dropped=len(non_finite),
+                traffic=0,
+                non_finite=non_finite,
+            )
         try:
             outcome = self._aggregate(updates, dropouts, round_index)
         except (secagg.ThresholdNotMet, secagg.PolicyViolation):
-            return self._failed(round_index, cohort, train_seconds)
+            traffic = None if self.config.secure.enabled else 0  # the protocol reports none
+            return self._failed(
+                round_index,
+                cohort,
+                train_seconds,
+                dropped=vanished + len(non_finite),
+                traffic=traffic,
+                non_finite=non_finite,
+            )
         self.server.apply(outcome.mean)
-        return self._metrics(round_index, cohort, train_seconds, outcome, epsilon=self._charge())
+        return self._metrics(
+            round_index,
+            cohort,
+            train_seconds,
+            outcome,
+            epsilon=self._charge(),
+            non_finite=non_finite,
+        )
 
     def _charge(self) -> float | None:
         if self.ledger is None:
@@ -233,36 +262,61 @@ class Federation:
         self._pending = []
         return self.ledger.close_round()
 
-    def _failed(self, round_index: int, cohort: list[int], train_seconds: float) -> RoundMetrics:
-        """Nothing was released: the model is unchanged and no privacy is spent."""
+    def _failed(
+        self,
+        round_index: int,
+        cohort: list[int],
+        train_seconds: float,
+        *,
+        dropped: int,
+        traffic: int | None,
+        non_finite: tuple[int, ...] = (),
+    ) -> RoundMetrics:
+        """Nothing was released: the model is unchanged and no privacy is spent. ``dropped``
+        counts the clients that really dropped out; ``traffic`` is None when not measured."""
         self._pending = []
         epsilon = None
         if self.ledger is not None:
             epsilon = self.ledger.epsilons[-1] if self.ledger.epsilons else 0.0
             self.ledger.epsilons.append(epsilon)
-        return self._metrics(round_index, cohort, train_seconds, None, epsilon=epsilon)
-
-    def _metrics(
-        self,
-        round_index: int,
-        cohort: list[int],
-        train_seconds: float,
-        outcome: AggregateOutcome | None,
-        *,
-        epsilon: float | None,
-    ) -> RoundMetrics:
-        """Evaluate the global model and describe the round (``outcome`` None: it failed)."""
         accuracy, loss = self.server.evaluate(self.data.test_x, self.data.test_y)
         return RoundMetrics(
             round=round_index + 1,
             accuracy=accuracy,
             loss=loss,
             sampled=len(cohort),
-            dropped=len(cohort) - (len(outcome.contributors) if outcome else 0),
-            bytes_up=outcome.bytes_up if outcome else 0,
-            bytes_down=outcome.bytes_down if outcome else 0,
-            secagg_seconds=outcome.seconds if outcome else 0.0,
+            dropped=dropped,
+            bytes_up=traffic,
+            bytes_down=traffic,
+            secagg_seconds=0.0,
             train_seconds=train_seconds,
-            failed=outcome is None,
+            failed=True,
             epsilon=epsilon,
+            non_finite=non_finite,
+        )
+
+    def _metrics(
+        self,
+        round_index: int,
+        cohort: list[int],
+        train_seconds: float,
+        outcome: AggregateOutcome,
+        *,
+        epsilon: float | None,
+        non_finite: tuple[int, ...],
+    ) -> RoundMetrics:
+        """Evaluate the global model and describe a round whose mean was applied."""
+        accuracy, loss = self.server.evaluate(self.data.test_x, self.data.test_y)
+        return RoundMetrics(
+            round=round_index + 1,
+            accuracy=accuracy,
+            loss=loss,
+            sampled=len(cohort),
+            dropped=len(cohort) - len(outcome.contributors),
+            bytes_up=outcome.bytes_up,
+            bytes_down=outcome.bytes_down,
+            secagg_seconds=outcome.seconds,
+            train_seconds=train_seconds,
+            epsilon=epsilon,
+            non_finite=non_finite,
         )

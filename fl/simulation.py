@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,22 +26,38 @@ from torch import nn
 import secagg
 from dp.errors import DPError
 from dp.ledger import PrivacyLedger, PrivacyLevel
-from fl.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from fl.config import Device, RunConfig, parse_toml
+from fl.budget import check_extension, epsilon_spent, projected_epsilon
+from fl.checkpoint import Checkpoint, save_checkpoint
+from fl.config import Device, RunConfig
 from fl.data import build_federated_data
-from fl.errors import ConfigError, FLError
+from fl.errors import CheckpointError, ConfigError, NonFiniteUpdateWarning
 from fl.models import build_model, check_model_fits
 from fl.privacy import plan_client_level, plan_sample_level
-from fl.report import RoundMetrics, append_metrics, plot_training, read_metrics, write_summary
+from fl.report import (
+    RoundMetrics,
+    append_metrics,
+    plot_training,
+    read_summary,
+    reconcile_metrics,
+    write_summary,
+)
 from fl.rounds import Federation
+from fl.run_folder import (
+    check_output,
+    create_output,
+    latest_run_folder,
+    new_run_folder,
+    write_config,
+)
 from fl.server import FedAvgServer
 from secagg.encoding import FixedPointEncoder
 
 __all__ = [
     "RunResult",
+    "RunStart",
+    "check_output",
     "latest_run_folder",
     "new_run_folder",
-    "prepare_output",
     "resolve_device",
     "run_federation",
 ]
@@ -48,13 +65,46 @@ __all__ = [
 
 @dataclass(frozen=True, eq=False)
 class RunResult:
-    """A finished (or budget-stopped) run."""
+    """A finished (or budget-stopped) run.
+
+    Attributes:
+        rounds_run: rounds trained by this call (0 when a resumed run had nothing to do).
+        nothing_to_do: why this call trained nothing and wrote nothing, if so.
+        files: the files of ``out`` this run has written.
+    """
 
     config: RunConfig
     history: tuple[RoundMetrics, ...]
     model: nn.Module
     summary: dict
     out: Path
+    rounds_run: int = 0
+    nothing_to_do: str | None = None
+    files: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """What a run is about to do, known once every check has passed (before round 1).
+
+    Attributes:
+        config: the settings.
+        out: the output folder.
+        completed_rounds: rounds done before this call (0 for a new run).
+        epsilon_spent: privacy spent so far (None without DP).
+        epsilon_target: the target the noise was calibrated for (None without one).
+        calibrated_rounds: the rounds that calibration covers.
+        epsilon_projected: the epsilon after ``training.rounds`` if every round releases, when
+            the run goes past ``calibrated_rounds`` (None otherwise).
+    """
+
+    config: RunConfig
+    out: Path
+    completed_rounds: int
+    epsilon_spent: float | None
+    epsilon_target: float | None
+    calibrated_rounds: int | None
+    epsilon_projected: float | None
 
 
 def resolve_device(device: Device) -> torch.device:
@@ -64,35 +114,6 @@ def resolve_device(device: Device) -> torch.device:
     if device is Device.CPU or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda")
-
-
-def new_run_folder(base: str | Path = "runs") -> Path:
-    """A fresh folder ``runs/run-YYYYmmdd-HHMMSS`` (suffixed if taken)."""
-    stamp = time.strftime("run-%Y%m%d-%H%M%S")
-    folder, suffix = Path(base) / stamp, 1
-    while folder.exists():
-        suffix += 1
-        folder = Path(base) / f"{stamp}-{suffix}"
-    return folder
-
-
-def latest_run_folder(base: str | Path = "runs") -> Path | None:
-    """The most recently changed folder under ``base`` that holds a checkpoint, if any."""
-    candidates = [p.parent for p in Path(base).glob("*/checkpoint.json")]
-    return max(candidates, key=lambda p: (p / "checkpoint.json").stat().st_mtime, default=None)
-
-
-def _differences(a: dict, b: dict, prefix: str = "") -> set[str]:
-    """Dotted keys whose values differ between two nested configuration dicts."""
-    keys = set(a) | set(b)
-    found = set()
-    for key in keys:
-        left, right = a.get(key), b.get(key)
-        if isinstance(left, dict) and isinstance(right, dict):
-            found |= _differences(left, right, f"{prefix}{key}.")
-        elif left != right:
-            found.add(prefix + key)
-    return found
 
 
 def _preflight(config: RunConfig, dimension: int) -> None:
@@ -128,37 +149,6 @@ def _preflight(config: RunConfig, dimension: int) -> None:
         ) from None
 
 
-_RESUMABLE = {"training.rounds", "privacy.max_epsilon", "out"}
-
-
-def prepare_output(config: RunConfig, *, resume: bool) -> tuple[Path, Checkpoint | None]:
-    """Create the output folder and find its checkpoint, refusing to mix two runs in one folder.
-
-    Raises:
-        FLError: the folder holds a run and ``resume`` is off, or it holds a run made with other
-            settings (only ``training.rounds`` and ``privacy.max_epsilon`` may change on resume).
-    """
-    if config.out is None:
-        raise FLError("config.out is unset; resolve it first (run_federation does)")
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    existing = load_checkpoint(out)
-    if existing is not None and not resume:
-        raise FLError(
-            f"{out} already holds a run ({existing.completed_rounds} rounds done); pass --resume to "
-            "continue it, or --out to start a new one"
-        )
-    if existing is not None:
-        saved = parse_toml(existing.config_toml, source=str(out / "checkpoint.json"))
-        differences = _differences(saved.to_dict(), config.to_dict()) - _RESUMABLE
-        if differences:
-            raise FLError(
-                f"{out} holds a run made with other settings ({', '.join(sorted(differences))}); "
-                "resume with the same settings (only training.rounds and privacy.max_epsilon may change) or choose another --out"
-            )
-    return out, existing
-
-
 def _over_budget(federation: Federation, round_index: int) -> bool:
     """Whether the next round, with every client taking part, could pass ``max_epsilon``."""
     budget = federation.config.privacy.max_epsilon
@@ -167,30 +157,61 @@ def _over_budget(federation: Federation, round_index: int) -> bool:
     return federation.ledger.epsilon(extra=federation.prospective(round_index)) > budget
 
 
+def _privacy_note(
+    config: RunConfig, ledger: PrivacyLedger | None, *, rounds: int, calibrated: int | None
+) -> str | None:
+    """One line on the budget: what was spent, against which target (for config.toml)."""
+    spent = epsilon_spent(ledger)
+    if spent is None:
+        return None
+    privacy = config.privacy
+    note = (
+        f"privacy spent: epsilon {spent:.3f} at delta {privacy.delta:g} after {rounds} of "
+        f"{config.training.rounds} rounds ({privacy.level.value} level, {privacy.accountant.value})"
+    )
+    if privacy.epsilon is not None:
+        note += f"; target {privacy.epsilon:g}, noise calibrated for {calibrated} rounds"
+        if spent > privacy.epsilon * (1 + 1e-9):
+            note += f"; OVERSPENT by {spent - privacy.epsilon:.3f}"
+    return note
+
+
 def run_federation(
     config: RunConfig,
     *,
     model: nn.Module | None = None,
     arrays: Any = None,
     resume: bool = False,
+    allow_overspend: bool = False,
+    on_start: Callable[[RunStart], None] | None = None,
     on_round: Callable[[RoundMetrics], None] | None = None,
 ) -> RunResult:
     """Run (or resume) a federated training and write its output folder.
 
-    Writes ``config.toml`` (resolved), ``metrics.jsonl`` (a line per round), a checkpoint after
-    every completed round, and at the end ``summary.json`` and ``training.png``.
+    Every check (settings, data, model, output folder, checkpoint, privacy budget) runs before
+    anything is written. Then: a checkpoint manifest, ``config.toml`` (resolved, headed by the
+    epsilon spent), ``metrics.jsonl`` (a line per round), a checkpoint after every completed
+    round, and at the end ``summary.json`` and ``training.png``. A client whose update is not
+    finite is left out of its round with a :class:`~fl.errors.NonFiniteUpdateWarning`.
 
     Args:
         config: the validated run configuration.
         model: train this module instead of the configured reference model.
         arrays: train on these ``(x, y)`` arrays or tensors, or this ``torch.utils.data.Dataset``,
             instead of the configured data set.
-        resume: continue from the checkpoint in ``config.out``.
+        resume: continue the run in ``config.out`` if it holds one (else start it there).
+        allow_overspend: let ``training.rounds`` go past the rounds a target epsilon was
+            calibrated for, spending more than the target (recorded in config.toml and
+            summary.json); without it such a resume is a :class:`~fl.errors.BudgetError`.
+        on_start: called once every check has passed, before round 1 (or the next round).
         on_round: called with each round's metrics as it completes.
 
     Raises:
         ConfigError, DataError: invalid settings or data, before round 1.
-        FLError: the output folder holds another run.
+        OutputError: the output folder cannot be used (see :func:`fl.run_folder.check_output`).
+        CheckpointError: the checkpoint to resume does not verify.
+        BudgetError: resuming past the calibrated rounds would spend more than the target.
+        FLError: resuming with other settings, or fewer rounds than done.
 
     Example:
         >>> from fl import RunConfig, run_federation
@@ -200,8 +221,8 @@ def run_federation(
     started = time.perf_counter()
     if config.out is None:
         config = dataclasses.replace(config, out=str(new_run_folder()))
-    out, existing = prepare_output(config, resume=resume)
-    (out / "config.toml").write_text(config.to_toml())
+    out = Path(config.out)
+    existing = check_output(config, resume=resume)
     data = build_federated_data(
         config.data, clients=config.training.clients, seed=config.seed, arrays=arrays
     )
@@ -228,57 +249,179 @@ def run_federation(
     federation = Federation(
         config=config, server=server, working=copy.deepcopy(model), data=data, device=device
     )
-    if config.privacy.level is PrivacyLevel.SAMPLE:
-        federation.sample_plan = plan_sample_level(config, data)
-    elif config.privacy.level is PrivacyLevel.CLIENT:
-        federation.client_plan = plan_client_level(config, server.global_vector.numel())
-    if config.privacy.level is not PrivacyLevel.NONE:
+    privacy = config.privacy
+    if existing is not None:
+        calibrated = existing.calibrated_rounds
+    else:
+        targeted = privacy.level is not PrivacyLevel.NONE and privacy.epsilon is not None
+        calibrated = config.training.rounds if targeted else None
+    # the noise is calibrated once, for the rounds the run started with: the budget contract
+    plan_config = (
+        config if calibrated is None else config.with_overrides({"training.rounds": calibrated})
+    )
+    if privacy.level is PrivacyLevel.SAMPLE:
+        federation.sample_plan = plan_sample_level(plan_config, data)
+    elif privacy.level is PrivacyLevel.CLIENT:
+        federation.client_plan = plan_client_level(plan_config, server.global_vector.numel())
+    if privacy.level is not PrivacyLevel.NONE:
         federation.ledger = PrivacyLedger(
-            level=config.privacy.level,
-            delta=config.privacy.delta,
-            accountant=config.privacy.accountant,
+            level=privacy.level, delta=privacy.delta, accountant=privacy.accountant
         )
     history: list[RoundMetrics] = []
-    start = 0
+    start, wall_before = 0, 0.0
     if existing is not None:
-        server.load(existing.global_vector)
-        start = existing.completed_rounds
-        history = read_metrics(out, up_to_round=start)
-        if federation.ledger is not None and existing.ledger_json:
-            federation.ledger = PrivacyLedger.from_json(existing.ledger_json)
-    else:
-        (out / "metrics.jsonl").write_text("")
+        start, wall_before = existing.completed_rounds, existing.wall_seconds
+        history = list(existing.history)
+        _restore(federation, existing, out)
+    projected = None
+    if (
+        federation.ledger is not None
+        and calibrated is not None
+        and config.training.rounds > calibrated
+    ):
+        projected = projected_epsilon(
+            federation.ledger, federation.prospective, start=start, stop=config.training.rounds
+        )
+        check_extension(
+            config,
+            out=out,
+            calibrated_rounds=calibrated,
+            projected=projected,
+            allow_overspend=allow_overspend,
+        )
+    if existing is not None:
+        idle = _nothing_to_do(federation, start)
+        previous = read_summary(out)
+        if idle is not None and previous is not None and previous.get("rounds") == start:
+            return RunResult(
+                config=config,
+                history=tuple(history),
+                model=server.model,
+                summary=previous,
+                out=out,
+                nothing_to_do=idle,
+            )
+    create_output(out)
+
+    def checkpoint(rounds: int) -> None:
+        ledger = federation.ledger
+        save_checkpoint(
+            out,
+            Checkpoint(
+                completed_rounds=rounds,
+                global_vector=server.global_vector if rounds > 0 else None,
+                config_toml=config.to_toml(),
+                ledger_json=ledger.to_json() if ledger is not None else None,
+                history=tuple(history),
+                calibrated_rounds=calibrated,
+                wall_seconds=round(wall_before + time.perf_counter() - started, 3),
+            ),
+        )
+        note = _privacy_note(config, ledger, rounds=rounds, calibrated=calibrated)
+        write_config(out, config, privacy_note=note)
+        if ledger is not None and rounds > 0:
+            ledger.write(out)
+
+    checkpoint(start)  # ties the folder to this run (and records the new rounds on resume)
+    repaired = reconcile_metrics(out, history)
+    if repaired is not None and existing is not None and existing.completed_rounds > 0:
+        warnings.warn(repaired, stacklevel=2)
+    if on_start:
+        on_start(
+            RunStart(
+                config=config,
+                out=out,
+                completed_rounds=start,
+                epsilon_spent=epsilon_spent(federation.ledger),
+                epsilon_target=privacy.epsilon if calibrated is not None else None,
+                calibrated_rounds=calibrated,
+                epsilon_projected=projected,
+            )
+        )
     stopped = None
     for round_index in range(start, config.training.rounds):
         if _over_budget(federation, round_index):
-            stopped = (
-                f"round {round_index + 1} could exceed max_epsilon = {config.privacy.max_epsilon}"
-            )
+            stopped = f"round {round_index + 1} could exceed max_epsilon = {privacy.max_epsilon}"
             break
         metrics = federation.run_round(round_index)
+        if metrics.non_finite:
+            warnings.warn(
+                f"round {metrics.round}: client(s) {', '.join(map(str, metrics.non_finite))} "
+                "sent an update with NaN or infinite values and were left out of the round "
+                f"(check training.learning_rate = {config.training.learning_rate:g})",
+                NonFiniteUpdateWarning,
+                stacklevel=2,
+            )
         history.append(metrics)
         append_metrics(out, metrics)
-        ledger_json = federation.ledger.to_json() if federation.ledger is not None else None
-        save_checkpoint(
-            out, Checkpoint(round_index + 1, server.global_vector, config.to_toml(), ledger_json)
-        )
-        if federation.ledger is not None:
-            federation.ledger.write(out)
+        checkpoint(round_index + 1)
         if on_round:
             on_round(metrics)
-    summary = _summary(config, history, server, device, time.perf_counter() - started)
+    seconds = wall_before + time.perf_counter() - started
+    summary = _summary(config, history, server, device, seconds)
     summary["stopped_early"] = stopped
     if federation.ledger is not None:
-        summary["epsilon"] = history[-1].epsilon if history else 0.0
-        summary["delta"] = config.privacy.delta
-        summary["privacy_level"] = config.privacy.level.value
-        summary["accountant"] = config.privacy.accountant.value
+        summary["epsilon"] = epsilon_spent(federation.ledger)
+        summary["epsilon_target"] = privacy.epsilon if calibrated is not None else None
+        summary["calibrated_rounds"] = calibrated
+        summary["delta"] = privacy.delta
+        summary["privacy_level"] = privacy.level.value
+        summary["accountant"] = privacy.accountant.value
     write_summary(out, summary)
     mode = "secure aggregation" if config.secure.enabled else "plaintext FedAvg"
-    plot_training(out, history, title=f"{config.training.clients} clients, {mode}")
+    plot = plot_training(out, history, title=f"{config.training.clients} clients, {mode}")
+    files = ["config.toml", "metrics.jsonl", "summary.json"]
+    files += ["training.png"] if plot is not None else []
+    files += ["privacy.json"] if federation.ledger is not None and history else []
     return RunResult(
-        config=config, history=tuple(history), model=server.model, summary=summary, out=out
+        config=config,
+        history=tuple(history),
+        model=server.model,
+        summary=summary,
+        out=out,
+        rounds_run=len(history) - start,
+        files=tuple(files),
     )
+
+
+def _restore(federation: Federation, checkpoint: Checkpoint, out: Path) -> None:
+    """Load the checkpoint's model and ledger into the federation."""
+    vector = checkpoint.global_vector
+    if vector is not None:
+        expected = federation.server.global_vector.numel()
+        if vector.numel() != expected:
+            raise CheckpointError(
+                f"the checkpoint in {out} holds a model of {vector.numel()} parameters, but this "
+                f"run's model has {expected}: resume with the model the run started with"
+            )
+        federation.server.load(vector)
+    if federation.ledger is None:
+        return
+    if checkpoint.ledger_json is None:
+        if checkpoint.completed_rounds > 0:
+            raise CheckpointError(
+                f"the checkpoint in {out} has no privacy ledger after "
+                f"{checkpoint.completed_rounds} rounds of a DP run; start a new run"
+            )
+        return
+    try:
+        federation.ledger = PrivacyLedger.from_json(checkpoint.ledger_json)
+    except DPError as error:
+        raise CheckpointError(f"the checkpoint in {out}: {error}") from None
+
+
+def _nothing_to_do(federation: Federation, start: int) -> str | None:
+    """Why a resumed run would train no round, if it would not."""
+    rounds = federation.config.training.rounds
+    if start >= rounds:
+        return f"all {rounds} rounds are done; pass --rounds N (above {rounds}) to train more"
+    if _over_budget(federation, start):
+        budget = federation.config.privacy.max_epsilon
+        return (
+            f"round {start + 1} could exceed max_epsilon = {budget}; raise --max-epsilon to "
+            "continue"
+        )
+    return None
 
 
 def _summary(
@@ -294,7 +437,9 @@ def _summary(
         "final_loss": final.loss if final else None,
         "best_accuracy": max((m.accuracy for m in history), default=None),
         "rounds": len(history),
+        "rounds_planned": config.training.rounds,
         "failed_rounds": sum(m.failed for m in history),
+        "non_finite_updates": sum(len(m.non_finite) for m in history),
         "clients": config.training.clients,
         "cohort_size": config.training.cohort_size,
         "secure_aggregation": config.secure.enabled,
@@ -303,6 +448,6 @@ def _summary(
         "wall_seconds": round(seconds, 3),
         "secagg_seconds": round(sum(m.secagg_seconds for m in history), 3),
         "train_seconds": round(sum(m.train_seconds for m in history), 3),
-        "bytes_up": sum(m.bytes_up for m in history),
-        "bytes_down": sum(m.bytes_down for m in history),
+        "bytes_up": sum(m.bytes_up or 0 for m in history),
+        "bytes_down": sum(m.bytes_down or 0 for m in history),
     }

@@ -14,14 +14,17 @@ import json
 import math
 import multiprocessing
 import statistics
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dp.ledger import PrivacyLevel
+from fl.checkpoint import MANIFEST_FILE, load_checkpoint
 from fl.config import RunConfig, parse_toml
-from fl.errors import ConfigError
+from fl.errors import ConfigError, FLError, OutputError
+from fl.report import json_safe, read_summary
 
 __all__ = ["SweepPoint", "SweepRow", "parse_epsilons", "plan_sweep", "run_sweep", "summarise"]
 
@@ -81,7 +84,12 @@ def plan_sweep(
             folder = (
                 out / ("eps-inf" if math.isinf(epsilon) else f"eps-{epsilon:g}") / f"seed-{seed}"
             )
-            privacy = {"privacy.level": PrivacyLevel.NONE.value, "privacy.epsilon": None}
+            privacy = {
+                "privacy.level": PrivacyLevel.NONE.value,
+                "privacy.epsilon": None,
+                "privacy.noise_multiplier": None,
+                "privacy.max_epsilon": None,
+            }
             if not math.isinf(epsilon):
                 privacy = {
                     "privacy.level": level.value,
@@ -93,13 +101,49 @@ def plan_sweep(
     return points
 
 
+def check_points(points: Sequence[SweepPoint]) -> None:
+    """Refuse, before anything runs, a sweep whose folders hold runs made with other settings.
+
+    A point's noise was calibrated for its rounds: running it again with more rounds would spend
+    more than its epsilon, and a point left half-done by another sweep would be reported next to
+    points of this one.
+
+    Raises:
+        OutputError: a folder that cannot be resumed as this point (the message says why).
+    """
+    from fl.run_folder import check_output, resume_config
+
+    for point in points:
+        config = parse_toml(point.config_toml)
+        folder = Path(point.folder)
+        resume = (folder / MANIFEST_FILE).exists()
+        try:
+            saved = resume_config(folder, {}).training.rounds if resume else None
+            if saved is not None and saved != config.training.rounds:
+                raise FLError(
+                    f"it holds a run of {saved} rounds and this sweep asks for "
+                    f"{config.training.rounds}; a point's noise is calibrated for its rounds, so "
+                    "changing them would spend another epsilon than the point's"
+                )
+            check_output(config, resume=resume)
+        except FLError as error:
+            raise OutputError(
+                f"this sweep cannot reuse {folder}: {error} (a sweep reruns in the same --out "
+                "only with the same settings: use another --out for new ones)"
+            ) from None
+
+
 def _finished(point: SweepPoint) -> SweepRow | None:
-    summary_path = Path(point.folder) / "summary.json"
-    if not summary_path.is_file():
+    folder = Path(point.folder)
+    summary = read_summary(folder)
+    if summary is None or not (folder / MANIFEST_FILE).exists():
         return None
-    summary = json.loads(summary_path.read_text())
+    checkpoint = load_checkpoint(folder)
     config = parse_toml(point.config_toml)
-    if summary.get("rounds") != config.training.rounds and not summary.get("stopped_early"):
+    done = checkpoint.completed_rounds if checkpoint is not None else -1
+    if summary.get("rounds") != done:
+        return None
+    if done != config.training.rounds and not summary.get("stopped_early"):
         return None
     return _row(point, summary)
 
@@ -118,18 +162,20 @@ def _row(point: SweepPoint, summary: dict) -> SweepRow:
     )
 
 
-def _run_point(point: SweepPoint) -> SweepRow:
-    """Worker: train one point (resuming it if it was interrupted)."""
+def _run_point(point: SweepPoint) -> tuple[SweepRow, list[str]]:
+    """Worker: train one point (resuming it if it was interrupted); the row and the warnings
+    the training raised (shown by the parent process)."""
     import torch
 
-    from fl.checkpoint import load_checkpoint
     from fl.simulation import run_federation
 
     torch.set_num_threads(1)
     config = parse_toml(point.config_toml)
-    resume = load_checkpoint(Path(point.folder)) is not None
-    result = run_federation(config, resume=resume)
-    return _row(point, result.summary)
+    resume = (Path(point.folder) / MANIFEST_FILE).exists()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        result = run_federation(config, resume=resume)
+    return _row(point, result.summary), [str(w.message) for w in caught]
 
 
 def run_sweep(
@@ -138,7 +184,15 @@ def run_sweep(
     jobs: int = 1,
     on_result: Callable[[SweepRow, bool], None] | None = None,
 ) -> list[SweepRow]:
-    """Run the unfinished points in ``jobs`` processes; ``on_result(row, was_cached)`` per point."""
+    """Run the unfinished points in ``jobs`` processes; ``on_result(row, was_cached)`` per point.
+
+    Warnings raised while training a point are re-raised here, prefixed with its folder.
+
+    Raises:
+        OutputError: a point's folder holds a run made with other settings, or one that cannot
+            be resumed (checked for every point before any runs).
+    """
+    check_points(points)
     rows: list[SweepRow] = []
     pending = []
     for point in points:
@@ -154,7 +208,9 @@ def run_sweep(
         with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=context) as pool:
             futures = [pool.submit(_run_point, point) for point in pending]
             for future in as_completed(futures):
-                row = future.result()
+                row, messages = future.result()
+                for message in messages:
+                    warnings.warn(f"{row.folder}: {message}", stacklevel=2)
                 rows.append(row)
                 if on_result:
                     on_result(row, False)
@@ -191,14 +247,9 @@ def write_outputs(out: Path, rows: Sequence[SweepRow], *, level: PrivacyLevel) -
         for row in rows:
             writer.writerow(asdict(row))
     table = summarise(rows)
-    (out / "sweep.json").write_text(
-        json.dumps(
-            {"level": level.value, "summary": table, "runs": [asdict(r) for r in rows]},
-            indent=1,
-            default=str,
-        )
-        + "\n"
-    )
+    document = {"level": level.value, "summary": table, "runs": [asdict(r) for r in rows]}
+    # strict JSON: the non-private reference's epsilon (inf) is written as null
+    (out / "sweep.json").write_text(json.dumps(json_safe(document), indent=1) + "\n")
     _plot(out, table, level)
 
 

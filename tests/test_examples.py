@@ -1,16 +1,33 @@
 """The examples run as written, and secure aggregation does not change what the loop learns."""
 
+import importlib
+import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+FLOWER_APP = EXAMPLES / "flower_app"
+# the scripts import this checkout, not whichever privagg is installed
+ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+}
 
 
 def _final_accuracy(script: str) -> float:
     completed = subprocess.run(
-        [sys.executable, str(EXAMPLES / script)], capture_output=True, text=True, check=True
+        [sys.executable, str(EXAMPLES / script)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+        env=ENV,
     )
     return float(re.findall(r"test accuracy ([0-9.]+)", completed.stdout)[-1])
 
@@ -26,21 +43,63 @@ def test_plain_and_secure_pytorch_loops_learn_the_same():
     assert abs(plain - secure) < 0.03
 
 
-def test_flower_app_runs_on_the_simulation_engine():
-    """examples/flower_app/run_simulation.py completes three rounds and the model learns."""
-    import pytest
+@pytest.fixture
+def flower_app(monkeypatch):
+    pytest.importorskip(
+        "flwr", reason="the Flower example needs the optional extra privagg[flower]"
+    )
+    monkeypatch.syspath_prepend(str(FLOWER_APP))
+    yield
+    for name in [m for m in sys.modules if m == "flower_app" or m.startswith("flower_app.")]:
+        del sys.modules[name]
+    sys.modules.pop("run_simulation", None)
 
+
+def test_flower_app_uses_no_deprecated_flower_api(flower_app):
+    """The app and its runner load with every deprecation turned into an error, and the runner
+    uses `flwr run` on a SuperLink, not the deprecated `flwr.simulation.run_simulation`. (The
+    full run is the slow test below.)"""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        warnings.simplefilter("error", FutureWarning)
+        client = importlib.import_module("flower_app.client_app")
+        server = importlib.import_module("flower_app.server_app")
+        runner = importlib.import_module("run_simulation")
+    assert client.app is not None and server.app is not None
+    source = (FLOWER_APP / "run_simulation.py").read_text()
+    assert "run_simulation(" not in source and '"run",' in source
+    task = importlib.import_module("flower_app.task")
+    x, y = task.examples(3, 0)
+    assert len(x) == len(y) > 0
+    assert runner.ANSI.sub("", "\x1b[92mINFO \x1b[0m: round 1") == "INFO : round 1"
+
+
+def test_flower_runner_strips_colour_codes_off_a_terminal(flower_app, capsys):
+    """Streamed Flower logs keep their colours on a terminal and lose them anywhere else."""
+    runner = importlib.import_module("run_simulation")
+    runner.relay(["\x1b[93mWARNING \x1b[0m: x\n"], colour=False)
+    runner.relay(["\x1b[93mWARNING \x1b[0m: x\n"], colour=True)
+    assert capsys.readouterr().out == "WARNING : x\n\x1b[93mWARNING \x1b[0m: x\n"
+
+
+@pytest.mark.slow
+def test_flower_app_runs_on_the_simulation_runtime():
+    """examples/flower_app/run_simulation.py completes three rounds on Flower's simulation
+    runtime and the model learns; its output (not a terminal) has no colour codes and no
+    deprecation notice."""
     pytest.importorskip(
         "flwr", reason="the Flower example needs the optional extra privagg[flower]"
     )
     completed = subprocess.run(
-        [sys.executable, str(EXAMPLES / "flower_app" / "run_simulation.py")],
+        [sys.executable, str(FLOWER_APP / "run_simulation.py")],
         capture_output=True,
         text=True,
         check=True,
+        timeout=600,
+        env=ENV,
     )
-    accuracies = [
-        float(a)
-        for a in re.findall(r"round \d: accuracy ([0-9.]+)", completed.stdout + completed.stderr)
-    ]
+    output = completed.stdout + completed.stderr
+    accuracies = [float(a) for a in re.findall(r"round \d: accuracy ([0-9.]+)", output)]
     assert len(accuracies) == 3 and accuracies[-1] > 0.5
+    assert "\x1b" not in output
+    assert "deprecat" not in output.lower()

@@ -83,3 +83,47 @@ def test_per_round_count_overrides_the_fraction():
     assert config.training.cohort_size == 7
     with pytest.raises(ConfigError, match=r"training\.per_round"):
         config.with_overrides({"training.per_round": 41})
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[training]\nrounds = 3.0", "training.rounds = 3.0 is invalid: an integer (got a float"),
+        ("[training]\nrounds = true", "training.rounds = true is invalid: an integer (got a"),
+        ('[secure]\nenabled = "false"', 'secure.enabled = "false" is invalid: true or false'),
+        ("[secure]\nenabled = 0", "secure.enabled = 0 is invalid: true or false"),
+        (
+            '[training]\nlearning_rate = "0.1"',
+            'training.learning_rate = "0.1" is invalid: a number',
+        ),
+        ("[training]\nlearning_rate = inf", "training.learning_rate = inf is invalid: a finite"),
+        ("[model]\nname = 1", "model.name = 1 is invalid: a string"),
+        ("seed = 1.5", "seed = 1.5 is invalid: an integer"),
+        ("out = 3", "out = 3 is invalid: a string"),
+    ],
+)
+def test_toml_types_are_strict(toml, message):
+    """`rounds = 3.0` crashed after creating the run folder, `rounds = true` ran 1 round,
+    `enabled = "false"` was taken as true: every value must have its key's TOML type (no bool
+    for an int, no string for a bool, no float for an int); the error names the file."""
+    with pytest.raises(ConfigError) as error:
+        parse_toml(toml, source="my.toml")
+    assert str(error.value).startswith("my.toml: ")
+    assert message in str(error.value)
+
+
+def test_integers_are_accepted_where_numbers_are_wanted():
+    """`learning_rate = 1` is the number 1.0 (an int is a number); numpy integers are ints."""
+    import numpy as np
+
+    config = parse_toml("[training]\nlearning_rate = 1")
+    assert config.training.learning_rate == 1.0 and isinstance(config.training.learning_rate, float)
+    assert RunConfig().with_overrides({"training.rounds": np.int64(4)}).training.rounds == 4
+
+
+@pytest.mark.parametrize("key", ["epsilon", "noise_multiplier", "max_epsilon"])
+def test_privacy_values_without_a_privacy_level_are_refused(key):
+    """An epsilon, noise multiplier or budget with privacy.level = none trained with no DP at
+    all: it is now an error naming the key and the missing level."""
+    with pytest.raises(ConfigError, match=rf"privacy\.{key} = 2\.0 is invalid: it needs a privacy"):
+        RunConfig().with_overrides({f"privacy.{key}": 2.0})

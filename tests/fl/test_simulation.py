@@ -1,5 +1,7 @@
 """The in-process federation: learning, exact resume, dropouts, and errors before round 1."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,7 @@ from torch import nn
 
 import secagg
 from fl.config import RunConfig
-from fl.errors import ConfigError, FLError
+from fl.errors import ConfigError, FLError, NonFiniteUpdateWarning
 from fl.rounds import draw_dropouts
 from fl.simulation import run_federation
 
@@ -49,7 +51,10 @@ def test_interrupted_round_loses_only_that_round(tmp_path):
         + metrics.read_text().splitlines()[-1].replace('"round": 2', '"round": 3')
         + "\n"
     )
-    result = run_federation(config.with_overrides({"training.rounds": 3}), resume=True)
+    with pytest.warns(
+        UserWarning, match=r"metrics\.jsonl: dropped 1 line\(s\) of round\(s\) after round 2"
+    ):
+        result = run_federation(config.with_overrides({"training.rounds": 3}), resume=True)
     assert [m.round for m in result.history] == [1, 2, 3]
 
 
@@ -65,10 +70,10 @@ def test_existing_run_is_not_overwritten(tmp_path):
 
 def test_secure_and_plaintext_runs_agree_within_quantisation(tmp_path):
     """Secure FedAvg and plaintext FedAvg from the same seed end at nearly the same model."""
-    secure = run_federation(_config(tmp_path, "secure", **{"training.rounds": 2}))
-    plain = run_federation(
-        _config(tmp_path, "plain", **{"training.rounds": 2, "secure.enabled": False})
-    )
+    settings = {"training.rounds": 2, "training.clients": 6}  # no round fails at 6 clients
+    secure = run_federation(_config(tmp_path, "secure", **settings))
+    plain = run_federation(_config(tmp_path, "plain", **settings, **{"secure.enabled": False}))
+    assert not any(m.failed for m in secure.history)
     difference = max(
         float((a - b).detach().abs().max())
         for a, b in zip(secure.model.parameters(), plain.model.parameters(), strict=True)
@@ -144,3 +149,68 @@ def test_a_torch_dataset_can_be_the_data(tmp_path):
     )
     assert len(result.history) == 2
     assert result.model(x[:3]).shape == (3, 2)  # two classes, read from the dataset's labels
+
+
+@pytest.mark.parametrize("secure", [True, False], ids=["secure", "plaintext"])
+def test_diverging_clients_are_left_out_and_json_stays_valid(tmp_path, secure):
+    """`learning_rate = 1e30` made the secure run abort naming no client or round, and
+    `--no-secure` write NaN into metrics.jsonl and summary.json. Now each non-finite update is
+    left out with a warning naming its client and round, counted in the metrics, and both
+    files are strict JSON."""
+    config = _config(
+        tmp_path,
+        **{"training.rounds": 1, "training.learning_rate": 1e30, "secure.enabled": secure},
+    )
+    with pytest.warns(NonFiniteUpdateWarning, match=r"round 1: client\(s\) 1, 2, 3, 4, 5 sent"):
+        result = run_federation(config)
+    (metrics,) = result.history
+    assert metrics.non_finite == (1, 2, 3, 4, 5) and metrics.failed
+    strict = {"parse_constant": pytest.fail}
+    json.loads((result.out / "summary.json").read_text(), **strict)
+    for line in (result.out / "metrics.jsonl").read_text().splitlines():
+        json.loads(line, **strict)
+    assert result.summary["non_finite_updates"] == 5
+
+
+@pytest.mark.parametrize("secure", [True, False], ids=["secure", "plaintext"])
+def test_one_diverging_client_is_dropped_and_the_round_goes_on(tmp_path, secure, monkeypatch):
+    """A single client whose update is NaN is left out of the mean; the others are averaged
+    and the model stays finite."""
+    import fl.rounds
+
+    train = fl.rounds.train_locally
+
+    def diverging(*args, **kwargs):
+        local = train(*args, **kwargs)
+        if kwargs["generator"].initial_seed() == fl.rounds.stream_seed(0, 0, 2):
+            local.update.vector[0] = np.nan
+        return local
+
+    monkeypatch.setattr(fl.rounds, "train_locally", diverging)
+    monkeypatch.setattr(fl.rounds, "draw_dropouts", lambda *_a, **_k: {})
+    config = _config(
+        tmp_path, **{"training.rounds": 1, "training.clients": 6, "secure.enabled": secure}
+    )
+    with pytest.warns(NonFiniteUpdateWarning, match=r"round 1: client\(s\) 2 sent"):
+        result = run_federation(config)
+    (metrics,) = result.history
+    assert not metrics.failed and metrics.non_finite == (2,) and metrics.dropped == 1
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
+
+
+def test_failed_round_records_the_real_dropouts(tmp_path, monkeypatch):
+    """A failed round was logged as dropped = cohort, bytes up = 0: now it records the clients
+    that really dropped out (4 of 5), and traffic as unmeasured (null), not zero."""
+    import fl.rounds
+
+    monkeypatch.setattr(
+        fl.rounds,
+        "draw_dropouts",
+        lambda cohort, *_a, **_k: dict.fromkeys(cohort[:4], secagg.Phase.SHARE_KEYS),
+    )
+    result = run_federation(_config(tmp_path, **{"training.rounds": 1}))
+    (metrics,) = result.history
+    assert metrics.failed and metrics.sampled == 5
+    assert metrics.dropped == 4 and metrics.bytes_up is None
+    line = json.loads((result.out / "metrics.jsonl").read_text())
+    assert line["dropped"] == 4 and line["bytes_up"] is None
