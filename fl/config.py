@@ -562,6 +562,8 @@ class RunConfig:
                     for f in fields(obj)
                     if getattr(obj, f.name) is not None
                 }
+            if isinstance(obj, tuple):  # TOML has arrays only
+                return [plain(item) for item in obj]
             return obj.value if isinstance(obj, Enum) else obj
 
         return plain(self)
