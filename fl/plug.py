@@ -11,9 +11,9 @@ bookkeeping.
 Example:
     >>> import torch
     >>> from fl.plug import secure_average
-    >>> updates = [{"w": torch.ones(2, 2)}, {"w": torch.zeros(2, 2)}, {"w": torch.full((2, 2), 2.0)}]
-    >>> mean = secure_average(updates, weights=[1, 1, 2])
-    >>> torch.allclose(mean["w"], torch.full((2, 2), 1.25), atol=1e-4)
+    >>> updates = [{"w": torch.full((2, 2), float(v))} for v in (1, 0, 2, 1, 1)]
+    >>> mean = secure_average(updates, weights=[1, 1, 2, 3, 1])
+    >>> torch.allclose(mean["w"], torch.full((2, 2), 1.125), atol=1e-4)
     True
 """
 
@@ -148,6 +148,7 @@ def secure_average(
     threshold: int | None = None,
     neighbours: int | None = None,
     identities: bool = False,
+    policy: secagg.ClientPolicy | None = None,
 ) -> Tree:
     """The weighted mean of the clients' updates, computed by secure aggregation.
 
@@ -168,6 +169,10 @@ def secure_average(
         dropouts: ``{client index: phase}`` for clients that vanish during the protocol;
             indices are positions in ``updates``.
         threshold, neighbours, identities: protocol parameters (see :func:`secagg.aggregate`).
+        policy: the floors every client holds (:class:`secagg.ClientPolicy`; the secure
+            defaults: at least 5 clients, a threshold safe against 5% colluders). Averaging
+            fewer clients needs a policy that allows it, e.g. ``ClientPolicy(min_clients=3)``:
+            with few clients the mean itself says much about each.
 
     Returns:
         The mean in the layout, dtypes and devices of ``updates[0]``.
@@ -178,6 +183,7 @@ def secure_average(
             is not a whole number >= 1 or exceeds ``max_weight``, non-finite values, values
             beyond the range without ``clip``, a dropout index out of range.
         secagg.ThresholdNotMet: too many dropouts; no mean is released.
+        secagg.PolicyViolation: fewer clients, or a lower threshold, than ``policy`` accepts.
     """
     if len(updates) < 2:
         raise InputError(f"secure averaging needs at least 2 clients, got {len(updates)}")
@@ -220,5 +226,6 @@ def secure_average(
         neighbours=neighbours,
         identities=identities,
         dropouts={index + 1: phase for index, phase in (dropouts or {}).items()},
+        policy=policy,
     )
     return unflatten(outcome.mean, layout, updates[0])

@@ -77,7 +77,7 @@ class Client:
 
     Example:
         >>> from secagg import SecAggConfig, Client
-        >>> config = SecAggConfig.create([1, 2, 3], vector_length=4)
+        >>> config = SecAggConfig.create([1, 2, 3, 4, 5], vector_length=4)
         >>> client = Client(config, 1)
         >>> first_message = client.advertise_keys()  # send to the server
         >>> # then: reply = client.receive(server_bytes) for each server message

@@ -110,3 +110,13 @@ def test_secure_average_refuses_non_finite_values_and_bad_dropout_indices():
         secure_average([*updates[:2], torch.tensor([0.0, float("nan")]), *updates[3:]])
     with pytest.raises(InputError, match="dropouts names client 5"):
         secure_average(updates, dropouts={5: secagg.Phase.SHARE_KEYS})
+
+
+def test_averaging_fewer_clients_than_the_policy_allows_is_refused():
+    """A user averaging three clients gets the clients' floor in the error, and can lower it
+    explicitly (the clients' choice, never a silent default)."""
+    updates = [torch.full((3,), float(v)) for v in (1, 2, 3)]
+    with pytest.raises(secagg.PolicyViolation, match="cohort of 3 clients is below"):
+        secure_average(updates)
+    mean = secure_average(updates, policy=secagg.ClientPolicy(min_clients=3))
+    assert torch.allclose(mean, torch.full((3,), 2.0), atol=2**-16)
