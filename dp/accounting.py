@@ -112,34 +112,49 @@ class AccountantKind(str, Enum):
     PRV = "prv"  # numerical composition (sampled Gaussian only)
 
 
+def _unsampled_rdp(event: Event) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The RDP of an integer-domain mechanism as a function of an array of orders."""
+    if isinstance(event, SkellamEvent):
+        return lambda alphas: np.asarray(
+            rdp.skellam_rdp(
+                alphas,
+                l1_sensitivity=event.l1_sensitivity,
+                l2_sensitivity=event.l2_sensitivity,
+                variance=event.variance,
+            ),
+            dtype=np.float64,
+        )
+    if isinstance(event, DiscreteGaussianEvent):
+        return lambda alphas: np.asarray(
+            rdp.discrete_gaussian_rdp(
+                alphas,
+                l1_sensitivity=event.l1_sensitivity,
+                l2_sensitivity=event.l2_sensitivity,
+                local_sigma=event.local_sigma,
+                num_clients=event.num_clients,
+                dimension=event.dimension,
+            ),
+            dtype=np.float64,
+        )
+    return None
+
+
 @lru_cache(maxsize=1024)
 def _rdp_of(event: Event, orders: tuple[float, ...]) -> tuple[float, ...]:
     if isinstance(event, GaussianEvent):
         return tuple(rdp.gaussian_rdp(event.noise_multiplier, orders))
-    if isinstance(event, SkellamEvent):
-        return tuple(
-            rdp.skellam_rdp(
-                a,
-                l1_sensitivity=event.l1_sensitivity,
-                l2_sensitivity=event.l2_sensitivity,
-                variance=event.variance,
-            )
-            for a in orders
-        )
-    if isinstance(event, DiscreteGaussianEvent):
-        return tuple(_discrete_gaussian(event, a) for a in orders)
+    direct = _unsampled_rdp(event)
+    if direct is not None:
+        return tuple(direct(np.asarray(orders, dtype=np.float64)))
     if isinstance(event, PoissonSampledEvent):
         inner = event.event
         if isinstance(inner, GaussianEvent):
             return tuple(
                 rdp.sampled_gaussian_rdp(event.sampling_rate, inner.noise_multiplier, orders)
             )
-        if isinstance(inner, (SkellamEvent, DiscreteGaussianEvent)):
-            return tuple(
-                rdp.subsampled_rdp(
-                    event.sampling_rate, lambda a: _rdp_of(inner, (float(a),))[0], orders
-                )
-            )
+        unsampled = _unsampled_rdp(inner)
+        if unsampled is not None:
+            return tuple(rdp.subsampled_rdp(event.sampling_rate, unsampled, orders))
         raise UnsupportedEvent(f"Poisson sampling of {type(inner).__name__} is not supported")
     if isinstance(event, SelfComposedEvent):
         return tuple(event.count * np.asarray(_rdp_of(event.event, orders)))
@@ -150,17 +165,6 @@ def _rdp_of(event: Event, orders: tuple[float, ...]) -> tuple[float, ...]:
             else (0.0,) * len(orders)
         )
     raise UnsupportedEvent(f"unknown privacy event {event!r}")
-
-
-def _discrete_gaussian(event: DiscreteGaussianEvent, alpha: float) -> float:
-    return rdp.discrete_gaussian_rdp(
-        alpha,
-        l1_sensitivity=event.l1_sensitivity,
-        l2_sensitivity=event.l2_sensitivity,
-        local_sigma=event.local_sigma,
-        num_clients=event.num_clients,
-        dimension=event.dimension,
-    )
 
 
 def _check_delta(delta: float) -> None:
