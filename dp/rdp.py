@@ -54,19 +54,6 @@ DEFAULT_ORDERS: tuple[float, ...] = _default_orders()
 grid loses up to half of epsilon), then 16 orders per doubling up to 4096."""
 
 
-def _log_sub(a: float, b: float) -> float:
-    """log(exp(a) - exp(b)) for a >= b (rounding may make b exceed a by an ulp: 0 then)."""
-    if b == -math.inf:
-        return a
-    if b >= a:
-        return -math.inf
-    return a + math.log1p(-math.exp(b - a))
-
-
-def _log_erfc(x: float) -> float:
-    return float(np.log(special.erfc(x))) if x < 25 else float(np.log(special.erfcx(x)) - x * x)
-
-
 def _logsumexp(values: np.ndarray) -> float:
     """log(sum(exp(values))), without overflow (scipy's version costs more per call)."""
     top = float(np.max(values))
