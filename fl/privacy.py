@@ -12,10 +12,13 @@ spends, for the ledger.
 from __future__ import annotations
 
 import math
+import sys
+import time
 from dataclasses import dataclass
+from typing import TextIO
 
 import secagg
-from dp.accounting import calibrate
+from dp.accounting import CALIBRATION_STEPS, ProgressCallback, calibrate
 from dp.distributed import DistributedNoiseEncoder
 from dp.ledger import PrivacyLedger, PrivacyLevel, SampleLevelEntry
 from fl.config import RunConfig
@@ -24,11 +27,38 @@ from fl.errors import ConfigError
 
 __all__ = [
     "ClientLevelPlan",
+    "LineProgress",
     "SampleLevelPlan",
     "client_encoder",
     "plan_client_level",
     "plan_sample_level",
 ]
+
+
+class LineProgress:
+    """A progress callback that prints a plain line (``calibrating noise: step i/n``) at most every
+    ``every`` seconds, so that output that is not a terminal (a log file, a pipe, CI) still shows
+    that calibration is working. Short calibrations print nothing.
+
+    Args:
+        stream: where the lines go (standard output by default).
+        every: seconds between lines; the first line comes after this long.
+        label: what is in progress.
+    """
+
+    def __init__(
+        self, stream: TextIO | None = None, *, every: float = 5.0, label: str = "calibrating noise"
+    ) -> None:
+        self.stream = stream
+        self.every = every
+        self.label = label
+        self._last = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.every:
+            self._last = now
+            print(f"{self.label}: step {done}/{total}", file=self.stream or sys.stdout, flush=True)
 
 
 @dataclass(frozen=True)
@@ -69,8 +99,18 @@ def _noise_shares(config: RunConfig, cohort: int) -> int:
     ).threshold
 
 
-def plan_sample_level(config: RunConfig, data: FederatedData) -> SampleLevelPlan:
+def plan_sample_level(
+    config: RunConfig, data: FederatedData, *, progress: ProgressCallback | None = None
+) -> SampleLevelPlan:
     """Calibrate each client's DP-SGD noise for the target epsilon (or take the given one).
+
+    Clients with the same sampling rate and step count share one calibration.
+
+    Args:
+        config: the run configuration.
+        data: the federation's data (each client's example count fixes its sampling rate).
+        progress: ``progress(done, total)`` during calibration; by default a
+            :class:`LineProgress` line on standard output every few seconds.
 
     Raises:
         ConfigError: delta not below 1 / (smallest client data set), or an unreachable target.
@@ -83,29 +123,91 @@ def plan_sample_level(config: RunConfig, data: FederatedData) -> SampleLevelPlan
             privacy.delta,
             f"below 1 / {smallest} (the smallest client holds {smallest} examples)",
         )
-    noise, rates, steps = {}, {}, {}
+    rates, steps = {}, {}
     for client, indices in enumerate(data.client_indices, start=1):
         batches = math.ceil(len(indices) / min(training.batch_size, len(indices)))
         rates[client] = 1 / batches
         steps[client] = training.local_epochs * batches
-        noise[client] = privacy.noise_multiplier or _calibrate_sample(
-            config, rates[client], steps[client] * training.rounds
-        )
-    return SampleLevelPlan(noise=noise, sampling_rate=rates, steps_per_round=steps)
+    if privacy.noise_multiplier is not None:
+        noise = dict.fromkeys(rates, privacy.noise_multiplier)
+    else:
+        report = progress or LineProgress()
+        settings = sorted({(rates[c], steps[c] * training.rounds) for c in rates})
+        total = len(settings) * CALIBRATION_STEPS
+        calibrated = {}
+        for index, (rate, total_steps) in enumerate(settings):
+            offset = index * CALIBRATION_STEPS
+            calibrated[rate, total_steps] = _calibrate_sample(
+                config,
+                rate,
+                total_steps,
+                progress=lambda done, _, offset=offset: report(offset + done, total),
+            )
+        noise = {c: calibrated[rates[c], steps[c] * training.rounds] for c in rates}
+    plan = SampleLevelPlan(noise=noise, sampling_rate=rates, steps_per_round=steps)
+    _check_one_round_fits(config, plan)
+    return plan
 
 
-def _calibrate_sample(config: RunConfig, rate: float, total_steps: int) -> float:
+def _sample_epsilon(config: RunConfig, rate: float, sigma: float, steps: int) -> float:
+    """One client's sample-level epsilon after ``steps`` DP-SGD steps."""
     privacy = config.privacy
+    ledger = PrivacyLedger(
+        level=PrivacyLevel.SAMPLE, delta=privacy.delta, accountant=privacy.accountant
+    )
+    ledger.record_sample(SampleLevelEntry(1, 1, rate, sigma, steps, privacy.clip))
+    return ledger.client_epsilon(1)
 
-    def epsilon(sigma: float) -> float:
-        ledger = PrivacyLedger(
-            level=PrivacyLevel.SAMPLE, delta=privacy.delta, accountant=privacy.accountant
+
+def _check_one_round_fits(config: RunConfig, plan: SampleLevelPlan) -> None:
+    """Refuse a ``max_epsilon`` that not even one round fits in (the run would stop before round
+    1), naming the round's epsilon, the client it comes from and the noise that would fit.
+
+    Raises:
+        ConfigError: naming privacy.max_epsilon.
+    """
+    budget = config.privacy.max_epsilon
+    if budget is None:
+        return
+    costs = {
+        client: _sample_epsilon(
+            config, plan.sampling_rate[client], plan.noise[client], plan.steps_per_round[client]
         )
-        ledger.record_sample(SampleLevelEntry(1, 1, rate, sigma, total_steps, privacy.clip))
-        return ledger.client_epsilon(1)
-
+        for client in plan.noise
+    }
+    worst = max(costs, key=costs.__getitem__)
+    if costs[worst] <= budget:
+        return
+    rate, steps = plan.sampling_rate[worst], plan.steps_per_round[worst]
     try:
-        return calibrate(epsilon, privacy.epsilon, what="DP-SGD noise multiplier")
+        fitting = calibrate(
+            lambda sigma: _sample_epsilon(config, rate, sigma, steps),
+            budget,
+            what="DP-SGD noise multiplier",
+        )
+        fix = f"; or a noise multiplier of at least {fitting:.3g}"
+    except ValueError:
+        fix = ""
+    raise ConfigError(
+        "privacy.max_epsilon",
+        budget,
+        f"at least {costs[worst]:.3f}: a single round spends that much for client {worst} "
+        f"({steps} DP-SGD steps at sampling rate {rate:.3g}, noise multiplier "
+        f"{plan.noise[worst]:.3g}), so the run would stop before round 1{fix}",
+    )
+
+
+def _calibrate_sample(
+    config: RunConfig, rate: float, total_steps: int, *, progress: ProgressCallback
+) -> float:
+    privacy = config.privacy
+    try:
+        return calibrate(
+            lambda sigma: _sample_epsilon(config, rate, sigma, total_steps),
+            privacy.epsilon,
+            what="DP-SGD noise multiplier",
+            progress=progress,
+        )
     except ValueError as error:
         raise ConfigError("privacy.epsilon", privacy.epsilon, str(error)) from None
 

@@ -189,3 +189,59 @@ def test_client_level_run_sampling_nearly_every_client_is_accounted(q):
     assert math.isfinite(sampled) and lower <= sampled <= unsampled
     if q == 1.0:
         assert sampled == unsampled
+
+
+def _opacus_prv_bounds(q, sigma, steps, delta):
+    """Opacus' PRV accountant's (lower, estimate, upper) epsilon for one sampled Gaussian."""
+    from opacus.accountants import PRVAccountant
+
+    accountant = PRVAccountant()
+    accountant.history = [(sigma, q, steps)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dprv = accountant._get_dprv(eps_error=0.01, delta_error=delta / 1000)
+        return dprv.compute_epsilon(delta, delta / 1000, 0.01)
+
+
+def test_prv_on_a_bounded_grid_stays_an_upper_bound():
+    """Gopi et al. 2021 with a capped lattice: forcing a 4,096-point cap coarsens the lattice and
+    widens the allowance, so the result grows but never falls below Opacus' estimate; tiny
+    noise (whose loss distribution would need ~10^9 points) gives a finite bound within the cap
+    (peak traced memory below 256 MiB)."""
+    import tracemalloc
+
+    from dp import prv
+
+    q, sigma, steps = 0.05, 1.0, 800
+    _, estimate, upper = _opacus_prv_bounds(q, sigma, steps, 1e-5)
+    default = prv.prv_epsilon([(q, sigma, steps)], 1e-5)
+    capped = prv.prv_epsilon([(q, sigma, steps)], 1e-5, max_points=1 << 12)
+    assert estimate <= default <= upper + 0.01
+    assert capped > default
+    tracemalloc.start()
+    wide = prv.prv_epsilon([(q, 0.05, steps)], 1e-5)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    rdp_value = RdpAccountant().compose(PoissonSampledEvent(q, GaussianEvent(0.05)), steps)
+    assert math.isfinite(wide) and wide > 1000
+    assert wide <= rdp_value.get_epsilon(1e-5) * 1.2
+    assert peak < 256 * 2**20
+
+
+def test_calibration_reports_its_progress():
+    """calibrate calls progress(done, n) with non-decreasing done, ending at n == done, and
+    reaches the target in far fewer evaluations than n."""
+    calls = []
+
+    def epsilon(sigma):
+        return (
+            RdpAccountant()
+            .compose(PoissonSampledEvent(0.05, GaussianEvent(sigma)), 500)
+            .get_epsilon(1e-5)
+        )
+
+    sigma = calibrate(epsilon, 2.0, what="noise", progress=lambda d, n: calls.append((d, n)))
+    assert epsilon(sigma) <= 2.0 < epsilon(sigma / 1.002)
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and calls[-1][0] == calls[-1][1]
+    assert len(calls) - 1 < calls[-1][1] // 2
