@@ -1,12 +1,19 @@
 """Differential privacy in the federation: noise calibration before round 1, and what each round
 spends, for the ledger.
 
-* Sample level: every client runs DP-SGD (Opacus) with a noise multiplier calibrated so that,
-  taking part in every round, its own epsilon stays within the target: ``rounds x local_epochs x
-  ceil(n_k / batch)`` Poisson-sampled Gaussian steps at rate ``1 / ceil(n_k / batch)``.
-* Client level: clients are Poisson-sampled with rate ``q = cohort / clients`` and add
-  distributed integer noise (:mod:`dp.distributed`) calibrated so that ``rounds`` sampled rounds
-  stay within the target.
+* Sample level: each client first releases its record count with discrete Gaussian noise
+  (:data:`COUNT_NOISE_STD`, accounted once); its DP-SGD sampling rate ``1 / ceil(n~ / batch)``,
+  its steps per round and its averaging weight derive from that noisy count ``n~`` only, so
+  nothing the server sees depends on the exact count (add/remove of a record changes the noisy
+  count's distribution, which is accounted, and nothing else). The noise multiplier is
+  calibrated so that, taking part in every round, the client's own epsilon stays within the
+  target.
+* Client level: clients are Poisson-sampled with rate ``q = cohort / clients`` from a secret
+  source and add distributed integer noise (:mod:`dp.distributed`) sized for the fewest honest
+  clients in any sum the server can unmask (t - c, :meth:`secagg.ClientPolicy.honest_floor`).
+  The server sees who took part, so the noise is calibrated for the headline epsilon against
+  the server: ``max_participations`` unamplified rounds per client (a cap the cohort sampling
+  enforces), and at most the target against observers too (``rounds`` subsampled rounds).
 """
 
 from __future__ import annotations
@@ -14,25 +21,39 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, replace
 from typing import TextIO
+
+from scipy import stats
 
 import secagg
 from dp.accounting import CALIBRATION_STEPS, ProgressCallback, calibrate
 from dp.distributed import DistributedNoiseEncoder
-from dp.ledger import PrivacyLedger, PrivacyLevel, SampleLevelEntry
+from dp.errors import PrivacyWarning
+from dp.ledger import ClientLevelEntry, CountEntry, PrivacyLedger, PrivacyLevel, SampleLevelEntry
+from dp.samplers import sample_discrete_gaussian
 from fl.config import RunConfig
 from fl.data import FederatedData
 from fl.errors import ConfigError
+from secagg.randomness import DeterministicRandom, system_random
 
 __all__ = [
+    "COUNT_NOISE_STD",
     "ClientLevelPlan",
     "LineProgress",
     "SampleLevelPlan",
     "client_encoder",
+    "participation_cap",
     "plan_client_level",
     "plan_sample_level",
 ]
+
+COUNT_NOISE_STD = 16.0
+"""Standard deviation (records) of the discrete Gaussian noise on each client's released record
+count at sample level."""
+
+_CAP_FAILURE = 0.01  # probability that the participation cap binds for any client in a run
 
 
 class LineProgress:
@@ -63,11 +84,13 @@ class LineProgress:
 
 @dataclass(frozen=True)
 class SampleLevelPlan:
-    """Per client: the DP-SGD noise multiplier, sampling rate and steps per round."""
+    """Per client: the DP-SGD noise multiplier, sampling rate, steps per round and weight, all
+    derived from the client's released noisy record count."""
 
     noise: dict[int, float]
     sampling_rate: dict[int, float]
     steps_per_round: dict[int, int]
+    noisy_counts: dict[int, int]
 
     def entry(self, round_index: int, client: int, clip: float) -> SampleLevelEntry:
         """The ledger entry of one client's training in one round."""
@@ -80,52 +103,95 @@ class SampleLevelPlan:
             max_grad_norm=clip,
         )
 
+    def expected_batch(self, client: int) -> float:
+        """q n~: the public batch size DP-SGD averages its noisy gradient sums by."""
+        return self.sampling_rate[client] * self.noisy_counts[client]
+
 
 @dataclass(frozen=True)
 class ClientLevelPlan:
-    """The client sampling rate and the noise multiplier of the distributed noise."""
+    """The client sampling rate, the noise multiplier of the distributed noise, and the most
+    rounds any client may take part in (None: no cap)."""
 
     sampling_rate: float
     noise_multiplier: float
+    max_participations: int | None = None
 
 
-def _noise_shares(config: RunConfig, cohort: int) -> int:
-    """The secure-aggregation threshold for a cohort: the fewest inputs a released sum holds."""
+def _secure_session(config: RunConfig, cohort: int) -> secagg.SecAggConfig:
+    """The secure-aggregation parameters a round with ``cohort`` clients runs with."""
     return secagg.SecAggConfig.create(
         range(1, cohort + 1),
         1,
         threshold=config.secure.threshold,
         neighbours=config.secure.neighbours,
-    ).threshold
+    )
+
+
+def release_counts(
+    config: RunConfig, data: FederatedData, *, ledger: PrivacyLedger | None = None
+) -> dict[int, int]:
+    """Each client's record count with discrete Gaussian noise of :data:`COUNT_NOISE_STD`
+    (exact sampler, clamped to at least 1), recorded in ``ledger`` as a :class:`CountEntry`;
+    a ledger that already holds the counts (a resumed run) gives them back unchanged."""
+    if ledger is not None and ledger.count_entries:
+        counts = ledger.noisy_counts()
+        if set(counts) != set(range(1, len(data.client_indices) + 1)):
+            raise ConfigError(
+                "training.clients",
+                len(data.client_indices),
+                f"the run's ledger holds record counts for clients {sorted(counts)}",
+            )
+        return counts
+    counts = {}
+    for client, indices in enumerate(data.client_indices, start=1):
+        source = (
+            DeterministicRandom(repr(("count", config.seed, client)).encode())
+            if config.privacy.reproducible_noise
+            else system_random
+        )
+        noise = int(sample_discrete_gaussian(COUNT_NOISE_STD, 1, source)[0])
+        counts[client] = max(1, len(indices) + noise)
+        if ledger is not None:
+            ledger.record_count(CountEntry(client, counts[client], COUNT_NOISE_STD))
+    return counts
 
 
 def plan_sample_level(
-    config: RunConfig, data: FederatedData, *, progress: ProgressCallback | None = None
+    config: RunConfig,
+    data: FederatedData,
+    *,
+    ledger: PrivacyLedger | None = None,
+    progress: ProgressCallback | None = None,
 ) -> SampleLevelPlan:
-    """Calibrate each client's DP-SGD noise for the target epsilon (or take the given one).
+    """Release each client's noisy record count, derive its DP-SGD schedule from it, and
+    calibrate its noise multiplier for the target epsilon (or take the given one).
 
     Clients with the same sampling rate and step count share one calibration.
 
     Args:
         config: the run configuration.
-        data: the federation's data (each client's example count fixes its sampling rate).
+        data: the federation's data.
+        ledger: where the noisy counts are recorded (or found, when resuming).
         progress: ``progress(done, total)`` during calibration; by default a
             :class:`LineProgress` line on standard output every few seconds.
 
     Raises:
-        ConfigError: delta not below 1 / (smallest client data set), or an unreachable target.
+        ConfigError: delta not below 1 / (smallest noisy count), an unreachable target, or a
+            max_epsilon below the cost of one round.
     """
     privacy, training = config.privacy, config.training
-    smallest = min(len(i) for i in data.client_indices)
+    counts = release_counts(config, data, ledger=ledger)
+    smallest = min(counts.values())
     if privacy.delta >= 1 / smallest:
         raise ConfigError(
             "privacy.delta",
             privacy.delta,
-            f"below 1 / {smallest} (the smallest client holds {smallest} examples)",
+            f"below 1 / {smallest} (the smallest client's released record count is {smallest})",
         )
     rates, steps = {}, {}
-    for client, indices in enumerate(data.client_indices, start=1):
-        batches = math.ceil(len(indices) / min(training.batch_size, len(indices)))
+    for client, count in counts.items():
+        batches = math.ceil(count / min(training.batch_size, count))
         rates[client] = 1 / batches
         steps[client] = training.local_epochs * batches
     if privacy.noise_multiplier is not None:
@@ -144,17 +210,20 @@ def plan_sample_level(
                 progress=lambda done, _, offset=offset: report(offset + done, total),
             )
         noise = {c: calibrated[rates[c], steps[c] * training.rounds] for c in rates}
-    plan = SampleLevelPlan(noise=noise, sampling_rate=rates, steps_per_round=steps)
+    plan = SampleLevelPlan(
+        noise=noise, sampling_rate=rates, steps_per_round=steps, noisy_counts=counts
+    )
     _check_one_round_fits(config, plan)
     return plan
 
 
 def _sample_epsilon(config: RunConfig, rate: float, sigma: float, steps: int) -> float:
-    """One client's sample-level epsilon after ``steps`` DP-SGD steps."""
+    """One client's sample-level epsilon: its count release and ``steps`` DP-SGD steps."""
     privacy = config.privacy
     ledger = PrivacyLedger(
         level=PrivacyLevel.SAMPLE, delta=privacy.delta, accountant=privacy.accountant
     )
+    ledger.record_count(CountEntry(1, 1, COUNT_NOISE_STD))
     ledger.record_sample(SampleLevelEntry(1, 1, rate, sigma, steps, privacy.clip))
     return ledger.client_epsilon(1)
 
@@ -213,23 +282,94 @@ def _calibrate_sample(
 
 
 def client_encoder(
-    config: RunConfig, plan: ClientLevelPlan, *, cohort: int, dimension: int
+    config: RunConfig,
+    plan: ClientLevelPlan,
+    *,
+    cohort: int,
+    dimension: int,
+    policy: secagg.ClientPolicy | None = None,
 ) -> DistributedNoiseEncoder:
-    """The distributed-noise encoder of a round with ``cohort`` sampled clients."""
+    """The distributed-noise encoder of a round with ``cohort`` sampled clients.
+
+    Each client's noise share is sized for t - c honest contributors: t is the round's
+    secure-aggregation threshold, c the colluding clients ``policy`` assumes in a neighbourhood
+    (they know, and can subtract, their own shares). The encoder records both for the ledger.
+
+    Args:
+        config: the run configuration.
+        plan: the calibrated noise.
+        cohort: the clients in the round.
+        dimension: the update length.
+        policy: the clients' policy (``secagg.ClientPolicy()`` by default).
+
+    Raises:
+        ConfigError: a threshold that leaves no honest client (t <= c).
+    """
     privacy = config.privacy
+    policy = policy or secagg.ClientPolicy()
+    session = _secure_session(config, cohort)
+    corrupt = policy.corrupt_neighbours(session)
+    honest = policy.honest_floor(session)
+    if honest < 1:
+        raise ConfigError(
+            "secure.threshold",
+            session.threshold,
+            f"above the {corrupt} colluding clients the client policy assumes for a cohort of "
+            f"{cohort}: raise the threshold or sample more clients per round",
+        )
     return DistributedNoiseEncoder(
         mechanism=privacy.mechanism,
         dimension=dimension,
         l2_clip=privacy.clip,
         noise_multiplier=plan.noise_multiplier,
         cohort=cohort,
-        noise_shares=_noise_shares(config, cohort),
+        noise_shares=honest,
         ring_bits=privacy.ring_bits,
+        threshold=session.threshold,
+        corrupt=corrupt,
     )
 
 
-def plan_client_level(config: RunConfig, dimension: int) -> ClientLevelPlan:
-    """Calibrate the distributed noise for the target epsilon over all rounds.
+def participation_cap(clients: int, rounds: int, rate: float) -> int:
+    """The most rounds a client may take part in: the smallest m with
+    ``clients * P[Binomial(rounds, rate) > m] <= 1%``, so the cap rarely binds."""
+    if rate >= 1:
+        return rounds
+    for cap in range(1, rounds + 1):
+        if clients * float(stats.binom.sf(cap, rounds, rate)) <= _CAP_FAILURE:
+            return cap
+    return rounds
+
+
+def _client_epsilons(
+    config: RunConfig, plan: ClientLevelPlan, entry: ClientLevelEntry
+) -> tuple[float, float]:
+    """(observer, server) epsilon of a whole run: every round subsampled for observers; the
+    participation cap's worth of unamplified rounds against the server."""
+    privacy, rounds = config.privacy, config.training.rounds
+    ledger = PrivacyLedger(
+        level=PrivacyLevel.CLIENT, delta=privacy.delta, accountant=privacy.accountant
+    )
+    cap = plan.max_participations if plan.max_participations is not None else rounds
+    for index in range(rounds):
+        # client 1 takes part as often as the cap allows, the other rounds go to others
+        taking_part = (1,) if index < cap else (index + 2,)
+        ledger.record_client(replace(entry, round=index + 1, participants=taking_part))
+    report = ledger.spent()
+    return report.observer, report.server
+
+
+def plan_client_level(
+    config: RunConfig,
+    dimension: int,
+    *,
+    policy: secagg.ClientPolicy | None = None,
+    progress: ProgressCallback | None = None,
+) -> ClientLevelPlan:
+    """Calibrate the distributed noise so that the run's headline epsilon (against the server,
+    over the participation cap) and its epsilon against observers (over all rounds, with
+    amplification) both meet the target; warn before round 1 when the noise on the averaged
+    update would exceed the clipping bound.
 
     Raises:
         ConfigError: delta not below 1 / clients, or an unreachable target.
@@ -240,26 +380,51 @@ def plan_client_level(config: RunConfig, dimension: int) -> ClientLevelPlan:
             "privacy.delta", privacy.delta, f"below 1 / training.clients = {1 / training.clients:g}"
         )
     rate = training.cohort_size / training.clients
-    if privacy.noise_multiplier is not None:
-        return ClientLevelPlan(sampling_rate=rate, noise_multiplier=privacy.noise_multiplier)
     cohort = training.cohort_size
+    if privacy.noise_multiplier is not None:
+        plan = ClientLevelPlan(sampling_rate=rate, noise_multiplier=privacy.noise_multiplier)
+    else:
+        cap = participation_cap(training.clients, training.rounds, rate)
 
-    def epsilon(z: float) -> float:
-        encoder = client_encoder(
-            config, ClientLevelPlan(rate, z), cohort=cohort, dimension=dimension
-        )
-        ledger = PrivacyLedger(
-            level=PrivacyLevel.CLIENT, delta=privacy.delta, accountant=privacy.accountant
-        )
-        entry = encoder.ledger_entry(round_index=1, client_sampling_rate=rate)
-        for _ in range(training.rounds):
-            ledger.record_client(entry)
-        return ledger.epsilon()
+        def epsilon(z: float) -> float:
+            trial = ClientLevelPlan(rate, z, cap)
+            encoder = client_encoder(
+                config, trial, cohort=cohort, dimension=dimension, policy=policy
+            )
+            entry = encoder.ledger_entry(round_index=1, client_sampling_rate=rate)
+            return max(_client_epsilons(config, trial, entry))
 
-    try:
-        z = calibrate(
-            epsilon, privacy.epsilon, low=0.01, high=1000.0, what="distributed noise multiplier"
-        )
-    except ValueError as error:
-        raise ConfigError("privacy.epsilon", privacy.epsilon, str(error)) from None
-    return ClientLevelPlan(sampling_rate=rate, noise_multiplier=z)
+        try:
+            z = calibrate(
+                epsilon,
+                privacy.epsilon,
+                low=0.01,
+                high=1000.0,
+                what="distributed noise multiplier",
+                progress=progress or LineProgress(),
+            )
+        except ValueError as error:
+            raise ConfigError("privacy.epsilon", privacy.epsilon, str(error)) from None
+        plan = ClientLevelPlan(sampling_rate=rate, noise_multiplier=z, max_participations=cap)
+    _warn_if_noise_dominates(config, plan, dimension)
+    return plan
+
+
+def _warn_if_noise_dominates(config: RunConfig, plan: ClientLevelPlan, dimension: int) -> None:
+    """Warn when the noise on the mean of a round's updates, z C sqrt(d) / n in L2 norm, is
+    larger than the clipping bound C that bounds every update (and so the mean)."""
+    cohort = config.training.cohort_size
+    z = plan.noise_multiplier
+    noise_norm = z * config.privacy.clip * math.sqrt(dimension) / cohort
+    if noise_norm <= config.privacy.clip:
+        return
+    needed = math.floor(z * math.sqrt(dimension)) + 1
+    warnings.warn(
+        f"client-level DP: the noise on the mean of {cohort} clipped updates has L2 norm about "
+        f"{noise_norm:.3g}, {noise_norm / config.privacy.clip:.3g} times the clipping bound "
+        f"{config.privacy.clip:g} of any update ({dimension} parameters, noise multiplier "
+        f"{z:.3g}): training will mostly follow the noise. About {needed} clients per round "
+        "would bring it below the clip (more clients, or a larger epsilon).",
+        PrivacyWarning,
+        stacklevel=3,
+    )

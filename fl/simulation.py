@@ -174,6 +174,7 @@ def run_federation(
     arrays: Any = None,
     resume: bool = False,
     on_round: Callable[[RoundMetrics], None] | None = None,
+    on_calibration: Callable[[int, int], None] | None = None,
 ) -> RunResult:
     """Run (or resume) a federated training and write its output folder.
 
@@ -187,6 +188,8 @@ def run_federation(
             instead of the configured data set.
         resume: continue from the checkpoint in ``config.out``.
         on_round: called with each round's metrics as it completes.
+        on_calibration: ``(done, total)`` progress of the noise calibration before round 1
+            (default: a plain line on standard output every few seconds).
 
     Raises:
         ConfigError, DataError: invalid settings or data, before round 1.
@@ -228,15 +231,23 @@ def run_federation(
     federation = Federation(
         config=config, server=server, working=copy.deepcopy(model), data=data, device=device
     )
-    if config.privacy.level is PrivacyLevel.SAMPLE:
-        federation.sample_plan = plan_sample_level(config, data)
-    elif config.privacy.level is PrivacyLevel.CLIENT:
-        federation.client_plan = plan_client_level(config, server.global_vector.numel())
     if config.privacy.level is not PrivacyLevel.NONE:
-        federation.ledger = PrivacyLedger(
-            level=config.privacy.level,
-            delta=config.privacy.delta,
-            accountant=config.privacy.accountant,
+        federation.ledger = (
+            PrivacyLedger.from_json(existing.ledger_json)
+            if existing is not None and existing.ledger_json
+            else PrivacyLedger(
+                level=config.privacy.level,
+                delta=config.privacy.delta,
+                accountant=config.privacy.accountant,
+            )
+        )
+    if config.privacy.level is PrivacyLevel.SAMPLE:
+        federation.sample_plan = plan_sample_level(
+            config, data, ledger=federation.ledger, progress=on_calibration
+        )
+    elif config.privacy.level is PrivacyLevel.CLIENT:
+        federation.client_plan = plan_client_level(
+            config, server.global_vector.numel(), progress=on_calibration
         )
     history: list[RoundMetrics] = []
     start = 0
@@ -244,8 +255,6 @@ def run_federation(
         server.load(existing.global_vector)
         start = existing.completed_rounds
         history = read_metrics(out, up_to_round=start)
-        if federation.ledger is not None and existing.ledger_json:
-            federation.ledger = PrivacyLedger.from_json(existing.ledger_json)
     else:
         (out / "metrics.jsonl").write_text("")
     stopped = None
