@@ -23,6 +23,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import TextIO
 
 from scipy import stats
@@ -44,6 +45,7 @@ __all__ = [
     "LineProgress",
     "SampleLevelPlan",
     "client_encoder",
+    "cohort_sizes",
     "participation_cap",
     "plan_client_level",
     "plan_sample_level",
@@ -54,6 +56,7 @@ COUNT_NOISE_STD = 16.0
 count at sample level."""
 
 _CAP_FAILURE = 0.01  # probability that the participation cap binds for any client in a run
+_COHORT_TAIL = 1e-12  # probability of a cohort size the client-level calibration leaves out
 
 
 class LineProgress:
@@ -110,22 +113,30 @@ class SampleLevelPlan:
 
 @dataclass(frozen=True)
 class ClientLevelPlan:
-    """The client sampling rate, the noise multiplier of the distributed noise, and the most
-    rounds any client may take part in (None: no cap)."""
+    """The client sampling rate, the noise multiplier of the distributed noise, the most rounds
+    any client may take part in (None: no cap) and the cohort sizes the calibration covers
+    (None: any); a round whose Poisson cohort falls outside them is skipped, unreleased."""
 
     sampling_rate: float
     noise_multiplier: float
     max_participations: int | None = None
+    cohort_sizes: tuple[int, int] | None = None
+
+    def covers(self, cohort: int) -> bool:
+        """Whether a round with ``cohort`` clients is within what the noise was calibrated for."""
+        return self.cohort_sizes is None or self.cohort_sizes[0] <= cohort <= self.cohort_sizes[1]
+
+
+@lru_cache(maxsize=4096)
+def _session(cohort: int, threshold: int | None, neighbours: int | None) -> secagg.SecAggConfig:
+    return secagg.SecAggConfig.create(
+        range(1, cohort + 1), 1, threshold=threshold, neighbours=neighbours
+    )
 
 
 def _secure_session(config: RunConfig, cohort: int) -> secagg.SecAggConfig:
     """The secure-aggregation parameters a round with ``cohort`` clients runs with."""
-    return secagg.SecAggConfig.create(
-        range(1, cohort + 1),
-        1,
-        threshold=config.secure.threshold,
-        neighbours=config.secure.neighbours,
-    )
+    return _session(cohort, config.secure.threshold, config.secure.neighbours)
 
 
 def release_counts(
@@ -359,6 +370,19 @@ def _client_epsilons(
     return report.observer, report.server
 
 
+def cohort_sizes(config: RunConfig) -> tuple[int, int]:
+    """The Poisson cohort sizes a client-level calibration covers: from the smallest round that
+    can run (``min_clients``, the threshold) up to the size above which the probability of the
+    rest is below 1e-12 per round."""
+    training = config.training
+    rate = training.cohort_size / training.clients
+    low = min(training.clients, max(2, training.min_clients, config.secure.threshold or 0))
+    if rate >= 1:
+        return training.clients, training.clients
+    high = int(stats.binom.isf(_COHORT_TAIL, training.clients, rate)) + 1
+    return low, max(low, min(training.clients, high))
+
+
 def plan_client_level(
     config: RunConfig,
     dimension: int,
@@ -368,8 +392,9 @@ def plan_client_level(
 ) -> ClientLevelPlan:
     """Calibrate the distributed noise so that the run's headline epsilon (against the server,
     over the participation cap) and its epsilon against observers (over all rounds, with
-    amplification) both meet the target; warn before round 1 when the noise on the averaged
-    update would exceed the clipping bound.
+    amplification) both meet the target, whatever the size of each round's Poisson cohort
+    within :func:`cohort_sizes` (the noise shares and the scale depend on it); warn before
+    round 1 when the noise on the averaged update would exceed the clipping bound.
 
     Raises:
         ConfigError: delta not below 1 / clients, or an unreachable target.
@@ -380,19 +405,22 @@ def plan_client_level(
             "privacy.delta", privacy.delta, f"below 1 / training.clients = {1 / training.clients:g}"
         )
     rate = training.cohort_size / training.clients
-    cohort = training.cohort_size
+    sizes = cohort_sizes(config)
     if privacy.noise_multiplier is not None:
         plan = ClientLevelPlan(sampling_rate=rate, noise_multiplier=privacy.noise_multiplier)
     else:
         cap = participation_cap(training.clients, training.rounds, rate)
 
         def epsilon(z: float) -> float:
-            trial = ClientLevelPlan(rate, z, cap)
-            encoder = client_encoder(
-                config, trial, cohort=cohort, dimension=dimension, policy=policy
-            )
-            entry = encoder.ledger_entry(round_index=1, client_sampling_rate=rate)
-            return max(_client_epsilons(config, trial, entry))
+            trial = ClientLevelPlan(rate, z, cap, sizes)
+            worst = 0.0
+            for cohort in range(sizes[0], sizes[1] + 1):
+                encoder = client_encoder(
+                    config, trial, cohort=cohort, dimension=dimension, policy=policy
+                )
+                entry = encoder.ledger_entry(round_index=1, client_sampling_rate=rate)
+                worst = max(worst, *_client_epsilons(config, trial, entry))
+            return worst
 
         try:
             z = calibrate(
@@ -405,7 +433,9 @@ def plan_client_level(
             )
         except ValueError as error:
             raise ConfigError("privacy.epsilon", privacy.epsilon, str(error)) from None
-        plan = ClientLevelPlan(sampling_rate=rate, noise_multiplier=z, max_participations=cap)
+        plan = ClientLevelPlan(
+            sampling_rate=rate, noise_multiplier=z, max_participations=cap, cohort_sizes=sizes
+        )
     _warn_if_noise_dominates(config, plan, dimension)
     return plan
 

@@ -46,12 +46,12 @@ def stream_seed(*key: int) -> int:
     return int(np.random.SeedSequence(list(key)).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def poisson_cohort(clients: list[int], rate: float, *, randbelow=secrets.randbelow) -> list[int]:
+def poisson_cohort(clients: list[int], rate: float) -> list[int]:
     """Each client independently with probability ``rate``, exactly (the float ``rate`` is a
-    dyadic rational m / 2^e: include when a uniform integer below 2^e is below m), from a
-    cryptographically secure source."""
+    dyadic rational m / 2^e: include when a uniform integer below 2^e is below m), from
+    :func:`secrets.randbelow`."""
     numerator, denominator = float(rate).as_integer_ratio()
-    return [u for u in clients if randbelow(denominator) < numerator]
+    return [u for u in clients if secrets.randbelow(denominator) < numerator]
 
 
 def draw_dropouts(
@@ -148,6 +148,10 @@ class Federation:
         return ()
 
     def _runnable(self, cohort: list[int]) -> bool:
+        """Whether a round with this cohort runs: enough clients, and (client level) a size the
+        noise was calibrated for."""
+        if self.level is PrivacyLevel.CLIENT and not self.client_plan.covers(len(cohort)):
+            return False
         return len(cohort) >= max(
             self.config.training.min_clients, self.config.secure.threshold or 0
         )
