@@ -58,21 +58,23 @@ class Mechanism(str, Enum):
 
 
 def _fwht(values: np.ndarray) -> np.ndarray:
-    """Unnormalised fast Walsh-Hadamard transform of a length-2^m vector."""
+    """Unnormalised fast Walsh-Hadamard transform along the last axis (length 2^m)."""
     out = values.astype(np.float64, copy=True)
-    size, h = out.size, 1
+    size, h = out.shape[-1], 1
+    rows = out.reshape(-1, size)
     while h < size:
-        blocks = out.reshape(-1, 2, h)
-        top, bottom = blocks[:, 0, :].copy(), blocks[:, 1, :]
-        blocks[:, 0, :] += bottom
-        blocks[:, 1, :] = top - bottom
+        blocks = rows.reshape(rows.shape[0], -1, 2, h)
+        top, bottom = blocks[:, :, 0, :].copy(), blocks[:, :, 1, :]
+        blocks[:, :, 0, :] += bottom
+        blocks[:, :, 1, :] = top - bottom
         h *= 2
     return out
 
 
 def hadamard_rotate(values: np.ndarray, signs: np.ndarray, *, inverse: bool = False) -> np.ndarray:
-    """The orthogonal map ``x -> H D x / sqrt(n)`` (random signs D), or its inverse."""
-    scale = 1.0 / math.sqrt(values.size)
+    """The orthogonal map ``x -> H D x / sqrt(n)`` (random signs D), or its inverse, applied to
+    a vector or to each row of a matrix."""
+    scale = 1.0 / math.sqrt(values.shape[-1])
     if inverse:
         return _fwht(values) * scale * signs
     return _fwht(values * signs) * scale
@@ -237,6 +239,51 @@ class DistributedNoiseEncoder:
         )
         return np.where(bits[: self.padded] == 1, 1.0, -1.0)
 
+    def round_updates(
+        self,
+        updates: np.ndarray,
+        *,
+        rotation_seed: bytes,
+        random_bytes: RandomSource = system_random,
+    ) -> np.ndarray:
+        """Clip each update to L2 norm C, rotate, scale and round it conditionally (retrying
+        the randomized rounding until the norm bound of Kairouz et al. 2021, Thm. 1 holds): the
+        integer vectors before noise, int64, one row per update (or one vector).
+
+        Raises:
+            PrivacyConfigError: a wrong length or a non-finite value.
+        """
+        values = np.asarray(updates, dtype=np.float64)
+        rows = values.reshape(-1, values.shape[-1]) if values.ndim > 1 else values[None, :]
+        if rows.shape[-1] != self.dimension or not np.all(np.isfinite(rows)):
+            raise PrivacyConfigError(f"each update must hold {self.dimension} finite values")
+        norms = np.linalg.norm(rows, axis=1, keepdims=True)
+        rows = rows * np.minimum(1.0, self.l2_clip / np.maximum(norms, 1e-300))
+        padded = np.zeros((rows.shape[0], self.padded))
+        padded[:, : self.dimension] = rows
+        scaled = hadamard_rotate(padded, self._signs(rotation_seed)) * self.scale
+        bound = self.sensitivities[1]
+        rounded = np.empty(scaled.shape, dtype=np.int64)
+        todo = np.arange(scaled.shape[0])
+        for _ in range(_MAX_ROUNDING_TRIES):
+            rounded[todo] = stochastic_round(scaled[todo], random_bytes)
+            todo = todo[np.linalg.norm(rounded[todo].astype(np.float64), axis=1) > bound]
+            if not todo.size:
+                break
+        else:  # probability at most beta^tries
+            raise PrivacyConfigError("conditional rounding did not meet its norm bound; raise beta")
+        return rounded if values.ndim > 1 else rounded[0]
+
+    def noise(self, *, shares: int = 1, random_bytes: RandomSource = system_random) -> np.ndarray:
+        """The sum of ``shares`` clients' noise shares (int64, ``padded`` coordinates): Skellam
+        shares add up to one Skellam draw of the summed variance; discrete Gaussian shares are
+        drawn one by one."""
+        variance = (self.local_sigma * self.scale) ** 2
+        if self.mechanism is Mechanism.SKELLAM:
+            return sample_skellam(shares * variance, self.padded, random_bytes)
+        draws = sample_discrete_gaussian(math.sqrt(variance), shares * self.padded, random_bytes)
+        return draws.reshape(shares, self.padded).sum(axis=0)
+
     def encode(
         self,
         update: np.ndarray,
@@ -251,28 +298,17 @@ class DistributedNoiseEncoder:
             rotation_seed: 32 public bytes shared by the round (the server uses them to decode).
             random_bytes: secure randomness for rounding and noise.
         """
-        values = np.asarray(update, dtype=np.float64).ravel()
-        if values.size != self.dimension or not np.all(np.isfinite(values)):
-            raise PrivacyConfigError(f"the update must hold {self.dimension} finite values")
-        norm = float(np.linalg.norm(values))
-        if norm > self.l2_clip:
-            values = values * (self.l2_clip / norm)
-        padded = np.zeros(self.padded)
-        padded[: values.size] = values
-        scaled = hadamard_rotate(padded, self._signs(rotation_seed)) * self.scale
-        bound = self.sensitivities[1]
-        for _ in range(_MAX_ROUNDING_TRIES):
-            rounded = stochastic_round(scaled, random_bytes)
-            if float(np.linalg.norm(rounded)) <= bound:
-                break
-        else:  # probability at most beta^tries
-            raise PrivacyConfigError("conditional rounding did not meet its norm bound; raise beta")
-        noise_variance = (self.local_sigma * self.scale) ** 2
-        if self.mechanism is Mechanism.SKELLAM:
-            noise = sample_skellam(noise_variance, self.padded, random_bytes)
-        else:
-            noise = sample_discrete_gaussian(math.sqrt(noise_variance), self.padded, random_bytes)
-        return (rounded + noise).astype(np.uint64) & np.uint64((1 << self.ring_bits) - 1)
+        rounded = self.round_updates(
+            np.asarray(update, dtype=np.float64).ravel(),
+            rotation_seed=rotation_seed,
+            random_bytes=random_bytes,
+        )
+        noise = self.noise(random_bytes=random_bytes)
+        return self.to_ring(rounded + noise)
+
+    def to_ring(self, values: np.ndarray) -> np.ndarray:
+        """Integers reduced into the ring Z_(2^b), as uint64 words."""
+        return values.astype(np.uint64) & np.uint64((1 << self.ring_bits) - 1)
 
     def decode(self, total: np.ndarray, *, contributors: int, rotation_seed: bytes) -> np.ndarray:
         """The noisy mean of ``contributors`` updates from the ring sum (float64, length d)."""

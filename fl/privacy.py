@@ -45,6 +45,7 @@ __all__ = [
     "LineProgress",
     "SampleLevelPlan",
     "client_encoder",
+    "client_level_claim",
     "cohort_sizes",
     "participation_cap",
     "plan_client_level",
@@ -383,6 +384,25 @@ def cohort_sizes(config: RunConfig) -> tuple[int, int]:
     return low, max(low, min(training.clients, high))
 
 
+def client_level_claim(
+    config: RunConfig,
+    plan: ClientLevelPlan,
+    dimension: int,
+    *,
+    policy: secagg.ClientPolicy | None = None,
+) -> float:
+    """The headline epsilon a client-level run with ``plan`` can spend at most: the largest,
+    over the cohort sizes the plan covers, of the epsilon against the server (the participation
+    cap's worth of unamplified rounds) and against observers (every round, subsampled)."""
+    sizes = plan.cohort_sizes or cohort_sizes(config)
+    worst = 0.0
+    for cohort in range(sizes[0], sizes[1] + 1):
+        encoder = client_encoder(config, plan, cohort=cohort, dimension=dimension, policy=policy)
+        entry = encoder.ledger_entry(round_index=1, client_sampling_rate=plan.sampling_rate)
+        worst = max(worst, *_client_epsilons(config, plan, entry))
+    return worst
+
+
 def plan_client_level(
     config: RunConfig,
     dimension: int,
@@ -413,14 +433,7 @@ def plan_client_level(
 
         def epsilon(z: float) -> float:
             trial = ClientLevelPlan(rate, z, cap, sizes)
-            worst = 0.0
-            for cohort in range(sizes[0], sizes[1] + 1):
-                encoder = client_encoder(
-                    config, trial, cohort=cohort, dimension=dimension, policy=policy
-                )
-                entry = encoder.ledger_entry(round_index=1, client_sampling_rate=rate)
-                worst = max(worst, *_client_epsilons(config, trial, entry))
-            return worst
+            return client_level_claim(config, trial, dimension, policy=policy)
 
         try:
             z = calibrate(
