@@ -239,6 +239,7 @@ def build_report(
         },
         "empirical_audit": audit.to_dict() | {"what": what},
         "claims": tests,
+        "claims_skipped": not run_tests,
     }
 
 
@@ -285,7 +286,9 @@ def render_markdown(report: dict) -> str:
         "",
     ]
     claims = report["claims"]
-    if claims is None:
+    if claims is None and report.get("claims_skipped"):
+        lines.append("The backing tests were not run (`--no-tests`).")
+    elif claims is None:
         lines.append(
             "The test suites are not part of this installation; run `pytest tests/audit` in a checkout."
         )
