@@ -7,7 +7,8 @@ on the Dirichlet digits split, 2 local epochs, batch 16), one JSON object per ac
 measured in a fresh process: the seconds to calibrate every client's noise multiplier, the
 seconds to keep the ledger over the rounds (every client records its steps, the round closes,
 ``privacy.json`` is rendered, as the engine does each round), the epsilon spent, and the peak
-resident memory of the process (imports included).
+resident memory of the process (imports included). The noisy record counts are seeded, so both
+accountants see the same clients.
 """
 
 from __future__ import annotations
@@ -33,15 +34,16 @@ def measure(accountant: str, epsilon: float, rounds: int) -> dict:
             "privacy.epsilon": epsilon,
             "privacy.accountant": accountant,
             "training.rounds": rounds,
+            "privacy.reproducible_noise": True,  # the same noisy record counts for both
         }
     )
     data = build_federated_data(config.data, clients=config.training.clients, seed=config.seed)
-    started = time.perf_counter()
-    plan = plan_sample_level(config, data, progress=lambda done, total: None)
-    calibration = time.perf_counter() - started
     ledger = PrivacyLedger(
         level=PrivacyLevel.SAMPLE, delta=config.privacy.delta, accountant=config.privacy.accountant
     )
+    started = time.perf_counter()
+    plan = plan_sample_level(config, data, ledger=ledger, progress=lambda done, total: None)
+    calibration = time.perf_counter() - started
     started = time.perf_counter()
     for round_index in range(rounds):
         for client in plan.noise:

@@ -50,6 +50,8 @@ __all__ = [
     "participation_cap",
     "plan_client_level",
     "plan_sample_level",
+    "release_counts",
+    "spent_summary",
 ]
 
 COUNT_NOISE_STD = 16.0
@@ -138,6 +140,19 @@ def _session(cohort: int, threshold: int | None, neighbours: int | None) -> seca
 def _secure_session(config: RunConfig, cohort: int) -> secagg.SecAggConfig:
     """The secure-aggregation parameters a round with ``cohort`` clients runs with."""
     return _session(cohort, config.secure.threshold, config.secure.neighbours)
+
+
+def spent_summary(ledger: PrivacyLedger) -> dict[str, float]:
+    """What a run's summary states about the budget actually spent: the headline epsilon
+    (against the server), the epsilon against observers, and the delta they hold at (the
+    configured delta plus the samplers' distance)."""
+    report = ledger.spent()
+    return {
+        "epsilon": report.headline,
+        "epsilon_against_server": report.server,
+        "epsilon_against_observers": report.observer,
+        "delta_with_samplers": report.delta,
+    }
 
 
 def release_counts(

@@ -30,7 +30,7 @@ from fl.config import Device, RunConfig, parse_toml
 from fl.data import build_federated_data
 from fl.errors import ConfigError, FLError
 from fl.models import build_model, check_model_fits
-from fl.privacy import plan_client_level, plan_sample_level
+from fl.privacy import plan_client_level, plan_sample_level, spent_summary
 from fl.report import RoundMetrics, append_metrics, plot_training, read_metrics, write_summary
 from fl.rounds import Federation
 from fl.server import FedAvgServer
@@ -278,7 +278,7 @@ def run_federation(
     summary = _summary(config, history, server, device, time.perf_counter() - started)
     summary["stopped_early"] = stopped
     if federation.ledger is not None:
-        summary["epsilon"] = history[-1].epsilon if history else 0.0
+        summary.update(spent_summary(federation.ledger))
         summary["delta"] = config.privacy.delta
         summary["privacy_level"] = config.privacy.level.value
         summary["accountant"] = config.privacy.accountant.value
