@@ -22,6 +22,7 @@ import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from enum import Enum
+from functools import lru_cache
 from pathlib import Path
 
 from dp.accounting import (
@@ -178,6 +179,7 @@ class PrivacyLedger:
     count_entries: list[CountEntry] = field(default_factory=list)
     epsilons: list[float] = field(default_factory=list)
     observer_epsilons: list[float] = field(default_factory=list)
+    _taken_cache: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def record_sample(self, entry: SampleLevelEntry) -> None:
         """Add one client's DP-SGD of one round."""
@@ -200,42 +202,65 @@ class PrivacyLedger:
     def client_epsilon(self, client: int, extra: tuple[SampleLevelEntry, ...] = ()) -> float:
         """Sample-level epsilon of one client so far (plus ``extra`` prospective entries),
         including the release of its noisy record count."""
-        accountant = make_accountant(self.accountant)
+        steps: Counter[Event] = Counter()
         for entry in self.count_entries:
             if entry.client == client:
-                accountant.compose(entry.event())
+                steps[entry.event()] += 1
         for entry in (*self.sample_entries, *extra):
             if entry.client == client:
-                accountant.compose(entry.event(), entry.steps)
+                steps[entry.event()] += entry.steps
+        accountant = make_accountant(self.accountant)
+        for event, count in steps.items():
+            accountant.compose(event, count)
         return accountant.get_epsilon(self.delta)
+
+    def _taken(self) -> tuple[dict[int, Counter], Counter]:
+        """Per client, how often each (unrounded) mechanism covered it, and the rounds with no
+        recorded participants; kept up to date incrementally as rounds are recorded."""
+        cached = self._taken_cache
+        entries = self.client_entries
+        if cached is None or cached[0] is not entries or cached[1] > len(entries):
+            cached = (entries, 0, {}, Counter())
+        _, done, taken, unknown = cached
+        for entry in entries[done:]:
+            key = _unrounded(entry)
+            if not entry.participants:
+                unknown[key] += 1
+            for client in entry.participants:
+                taken.setdefault(client, Counter())[key] += 1
+        self._taken_cache = (entries, len(entries), taken, unknown)
+        return taken, unknown
 
     def participations(
         self, extra: tuple[ClientLevelEntry, ...] = ()
     ) -> dict[int, Counter[ClientLevelEntry]]:
         """Client level: for each client, how often each round's mechanism covered it."""
-        taken: dict[int, Counter] = {}
-        for entry in (*self.client_entries, *extra):
+        taken, _ = self._taken()
+        result = {client: Counter(counts) for client, counts in taken.items()}
+        for entry in extra:
             for client in entry.participants:
-                taken.setdefault(client, Counter())[_unrounded(entry)] += 1
-        return taken
+                result.setdefault(client, Counter())[_unrounded(entry)] += 1
+        return result
 
-    def _server_epsilon(self, entries: tuple[ClientLevelEntry, ...]) -> float:
+    def _server_epsilon(self, extra: tuple[ClientLevelEntry, ...]) -> float:
         """The worst client's composition over the rounds it took part in (no amplification);
         rounds without recorded participants count for every client."""
-        unknown = Counter(_unrounded(e) for e in entries if not e.participants)
-        taken: dict[int, Counter] = {}
-        for entry in entries:
-            for client in entry.participants:
-                taken.setdefault(client, Counter())[_unrounded(entry)] += 1
-        signatures = {frozenset((taken_by + unknown).items()) for taken_by in taken.values()}
+        taken, unknown = self._taken()
+        unknown = unknown + Counter(_unrounded(e) for e in extra if not e.participants)
+        touched = {c for e in extra for c in e.participants}
+        signatures = {
+            frozenset((counts + unknown).items())
+            for client, counts in taken.items()
+            if client not in touched
+        }
+        for client, counts in self.participations(extra).items():
+            if client in touched:
+                signatures.add(frozenset((counts + unknown).items()))
         if not signatures and unknown:
             signatures = {frozenset(unknown.items())}
         worst = 0.0
         for signature in signatures:
-            accountant = make_accountant(self.accountant)
-            for entry, count in signature:
-                accountant.compose(entry.inner_event(), count)
-            worst = max(worst, accountant.get_epsilon(self.delta))
+            worst = max(worst, _composed_epsilon(signature, self.accountant, self.delta))
         return worst
 
     def spent(self, extra: tuple[SampleLevelEntry | ClientLevelEntry, ...] = ()) -> EpsilonReport:
@@ -247,10 +272,10 @@ class PrivacyLedger:
             return EpsilonReport(observer=value, server=value, delta=self.delta)
         entries = (*self.client_entries, *extra)
         accountant = make_accountant(self.accountant)
-        for entry in entries:
-            accountant.compose(entry.event())  # type: ignore[union-attr]
+        for event, count in Counter(e.event() for e in entries).items():  # type: ignore[union-attr]
+            accountant.compose(event, count)
         observer = accountant.get_epsilon(self.delta)
-        server = self._server_epsilon(entries)  # type: ignore[arg-type]
+        server = self._server_epsilon(tuple(extra))  # type: ignore[arg-type]
         distance = sum(e.sampler_distance for e in entries)  # type: ignore[union-attr]
         # a coupling within distance d turns (eps, delta) into (eps, delta + (1 + e^eps) d)
         headline = max(observer, server)
@@ -334,6 +359,18 @@ class PrivacyLedger:
     def write(self, folder: Path) -> None:
         """Write ``privacy.json`` into ``folder``."""
         (folder / "privacy.json").write_text(self.to_json() + "\n")
+
+
+@lru_cache(maxsize=4096)
+def _composed_epsilon(
+    signature: frozenset[tuple[ClientLevelEntry, int]], accountant: AccountantKind, delta: float
+) -> float:
+    """Epsilon of each mechanism in ``signature`` composed its number of times (cached: most
+    clients share a handful of participation patterns)."""
+    composed = make_accountant(accountant)
+    for entry, count in signature:
+        composed.compose(entry.inner_event(), count)
+    return composed.get_epsilon(delta)
 
 
 def _unrounded(entry: ClientLevelEntry) -> ClientLevelEntry:
