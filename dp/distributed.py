@@ -9,11 +9,13 @@ adds its share of integer noise:
   closed under summation;
 * **distributed discrete Gaussian** (Kairouz, Liu, Steinke, ICML 2021): N_Z(0, sigma_l^2).
 
-Each client adds variance ``V / t`` where ``t`` is the secure-aggregation threshold: the server
-can only ever unmask a sum of at least t inputs, so the released sum always carries at least the
-target variance V = (z C s)^2, whoever drops out, and no party ever sees a noise-free sum. The
-server unscales, inverts the rotation and divides by the number of contributors (client-level DP
-averages updates with equal weights, DP-FedAvg of McMahan et al. 2018).
+Each client adds variance ``V / (t - c)``: t is the secure-aggregation threshold (the server can
+only ever unmask a sum of at least t inputs) and c the colluding clients a client's policy
+assumes (they know, and can subtract, their own shares), so the honest shares of any sum the
+server can unmask carry at least the target variance V = (z C s)^2, whoever drops out, and no
+party ever sees a noise-free sum. The server unscales, inverts the rotation and divides by the
+number of contributors (client-level DP averages updates with equal weights, DP-FedAvg of
+McMahan et al. 2018).
 
 The scale s fills the ring so that the aggregate stays within ``k`` standard deviations of its
 sub-Gaussian bound (Kairouz et al. 2021, Sec. 4.4), with ``k`` chosen from the target probability

@@ -120,12 +120,35 @@ def _bernoulli_exp_at_most_one(
     gamma = numerator / denominator
     k = 1
     while index.size:
+        if k > 64:  # denominator * k could leave int64 (probability below 1 / 64!)
+            for i, n, d in zip(index, numerator, denominator, strict=True):
+                out[i] = _bernoulli_exp_from(words, int(n), int(d), k)
+            break
         success = _bernoulli(words, gamma / k, numerator, denominator * k)
         out[index[~success]] = k % 2 == 1
         index, gamma = index[success], gamma[success]
         numerator, denominator = numerator[success], denominator[success]
         k += 1
     return out
+
+
+def _uniform_below(words: _Words, bound: int) -> int:
+    """A uniform integer below a bound of any size, from 62-bit limbs, by rejection."""
+    limbs = -(-bound.bit_length() // 62)
+    while True:
+        value = 0
+        for word in words.words(limbs):
+            value = (value << 62) | (int(word) >> 2)
+        if value < (1 << (62 * limbs)) // bound * bound:
+            return value % bound
+
+
+def _bernoulli_exp_from(words: _Words, numerator: int, denominator: int, k: int) -> bool:
+    """Alg. 1's loop for gamma = numerator / denominator <= 1, continued from ``k``, with
+    Python integers."""
+    while _uniform_below(words, denominator * k) < numerator:
+        k += 1
+    return k % 2 == 1
 
 
 @lru_cache(maxsize=8)
@@ -180,19 +203,7 @@ def _bernoulli_exp_exact(words: _Words, numerator: int, denominator: int) -> boo
     for _ in range(whole):
         if not _bernoulli_exp_minus_one(words, 1)[0]:
             return False
-    k = 1
-    while True:
-        bound = denominator * k
-        while True:  # uniform below a big bound from 62-bit limbs, by rejection
-            limbs = -(-bound.bit_length() // 62)
-            value = 0
-            for word in words.words(limbs):
-                value = (value << 62) | (int(word) >> 2)
-            if value < (1 << (62 * limbs)) // bound * bound:
-                break
-        if value % bound >= part:
-            return k % 2 == 1
-        k += 1
+    return _bernoulli_exp_from(words, part, denominator, 1)
 
 
 def bernoulli_exp(
