@@ -3,6 +3,8 @@
 * :mod:`dp.accounting` - mechanisms as frozen events, RDP and PRV accountants (pure numpy/scipy);
 * :mod:`dp.ledger` - what a run spent, per round and per client, restorable on resume;
 * :mod:`dp.distributed` - client-level distributed noise (Skellam, distributed discrete Gaussian);
+* :mod:`dp.samplers` - exact integer noise samplers from cryptographically secure bits;
+* :mod:`dp.audit` - empirical lower bounds from membership guesses (one-run audits);
 * :mod:`dp.local` - sample-level DP-SGD with Opacus (the only module that imports torch; import
   it explicitly).
 """
@@ -21,22 +23,32 @@ from dp.accounting import (
     make_accountant,
 )
 from dp.distributed import DistributedNoiseEncoder, Mechanism
-from dp.errors import DPError, PrivacyConfigError, UnsupportedEvent
-from dp.ledger import ClientLevelEntry, PrivacyLedger, PrivacyLevel, SampleLevelEntry
+from dp.errors import DPError, PrivacyConfigError, PrivacyWarning, UnsupportedEvent
+from dp.ledger import (
+    ClientLevelEntry,
+    CountEntry,
+    EpsilonReport,
+    PrivacyLedger,
+    PrivacyLevel,
+    SampleLevelEntry,
+)
 
 __all__ = [
     "AccountantKind",
     "ClientLevelEntry",
     "ComposedEvent",
+    "CountEntry",
     "DPError",
     "DiscreteGaussianEvent",
     "DistributedNoiseEncoder",
+    "EpsilonReport",
     "GaussianEvent",
     "Mechanism",
     "PoissonSampledEvent",
     "PrivacyConfigError",
     "PrivacyLedger",
     "PrivacyLevel",
+    "PrivacyWarning",
     "PrvAccountant",
     "RdpAccountant",
     "SampleLevelEntry",

@@ -24,7 +24,12 @@ from scipy import stats
 
 from dp.errors import PrivacyConfigError
 
-__all__ = ["count_correct_guesses", "epsilon_lower_bound"]
+__all__ = [
+    "count_correct_guesses",
+    "epsilon_lower_bound",
+    "guesses_to_refute",
+    "max_refutable_epsilon",
+]
 
 
 def count_correct_guesses(
@@ -71,3 +76,28 @@ def epsilon_lower_bound(correct: int, guesses: int, *, confidence: float = 0.95)
         middle = (low + high) / 2
         low, high = (middle, high) if tail(middle) <= beta else (low, middle)
     return low
+
+
+def max_refutable_epsilon(guesses: int, *, confidence: float = 0.95) -> float:
+    """The largest epsilon an audit with ``guesses`` guesses can refute: the bound when every
+    guess is right, ``log(p / (1 - p))`` with ``p = (1 - confidence)^(1 / guesses)``.
+
+    A claim at or above this can never be refuted by that audit, whatever the mechanism does
+    (100 guesses: 3.49).
+    """
+    if guesses < 1:
+        raise PrivacyConfigError(f"an audit needs at least one guess, got {guesses}")
+    p = (1 - confidence) ** (1 / guesses)
+    return math.log(p / (1 - p))
+
+
+def guesses_to_refute(epsilon: float, *, confidence: float = 0.95, margin: float = 1.0) -> int:
+    """The guesses an audit needs so that a perfect attack would refute ``epsilon + margin``:
+    about ``log(1 / (1 - confidence)) e^(epsilon + margin)`` (the inverse of
+    :func:`max_refutable_epsilon`); it grows exponentially with the claim."""
+    if not epsilon > 0:
+        raise PrivacyConfigError(f"the claimed epsilon must be positive, got {epsilon}")
+    target = epsilon + margin
+    # all r guesses right refute eps when p^r <= 1 - confidence with p = e^eps / (1 + e^eps)
+    p = 1 / (1 + math.exp(-target))
+    return max(1, math.ceil(math.log(1 - confidence) / math.log(p)))

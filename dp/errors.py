@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["DPError", "PrivacyConfigError", "UnsupportedEvent"]
+__all__ = ["DPError", "PrivacyConfigError", "PrivacyWarning", "UnsupportedEvent"]
 
 
 class DPError(Exception):
@@ -15,3 +15,8 @@ class PrivacyConfigError(DPError, ValueError):
 
 class UnsupportedEvent(DPError, TypeError):
     """An accountant was given a mechanism it cannot account for."""
+
+
+class PrivacyWarning(UserWarning):
+    """A privacy setting that works but is unlikely to give what the user wants (e.g. noise
+    larger than the signal); the message gives the numbers and the fix."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from opacus import PrivacyEngine
+from opacus.data_loader import DPDataLoader
 from opacus.utils.batch_memory_manager import BatchMemoryManager
 from opacus.validators import ModuleValidator
 from torch import nn
@@ -25,7 +26,19 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from dp.errors import PrivacyConfigError
 
-__all__ = ["PrivateTrainingResult", "make_trainable", "train_privately"]
+__all__ = ["SECRET_SEED_BYTES", "PrivateTrainingResult", "make_trainable", "train_privately"]
+
+SECRET_SEED_BYTES = 16
+"""Bytes of secret seed a caller draws (from ``os.urandom``) for the sampling and the noise."""
+
+
+def _generator_seeds(seed: int | bytes) -> tuple[int, int]:
+    """Two independent 64-bit seeds (the full width ``torch.Generator.manual_seed`` takes), one
+    for the Poisson sampling and one for the noise, expanded from ``seed`` by NumPy's
+    SeedSequence (a hash of all its bits)."""
+    entropy = int.from_bytes(seed, "little") if isinstance(seed, bytes) else int(seed)
+    words = np.random.SeedSequence(entropy).generate_state(2, np.uint64)
+    return int(words[0]), int(words[1])
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,8 +94,10 @@ def train_privately(
     max_grad_norm: float,
     max_physical_batch: int,
     ghost_clipping: bool,
-    seed: int,
+    seed: int | bytes,
     device: torch.device,
+    sampling_rate: float | None = None,
+    expected_batch_size: float | None = None,
 ) -> PrivateTrainingResult:
     """DP-SGD on one client's examples: Poisson sampling, per-sample clipping, Gaussian noise.
 
@@ -96,17 +111,33 @@ def train_privately(
         max_grad_norm: per-sample gradient clipping bound.
         max_physical_batch: upper bound on examples in memory at once (BatchMemoryManager).
         ghost_clipping: use Opacus' ghost clipping (less memory for large layers).
-        seed: seeds the Poisson sampling and the noise (reproducible simulations). Opacus draws
-            noise from torch's generator, as it does outside its ``secure_mode``.
+        seed: the secret both the Poisson sampling and the noise are seeded from: 16 bytes from
+            ``os.urandom`` in production (a known seed reveals the batches and the noise), a
+            replayable integer in reproducible simulations. Each of the two torch generators
+            gets a 64-bit seed derived from it; torch's generator is not a cryptographic one
+            (Opacus' ``secure_mode`` needs a package not available here, see SECURITY.md).
         device: where to train (CUDA when available).
+        sampling_rate: the public Poisson sampling rate q, with ``round(1 / q)`` steps an
+            epoch; by default ``1 / ceil(len(y) / batch_size)``, as Opacus derives it from the
+            data set size.
+        expected_batch_size: the public batch size the noisy gradient sum is averaged by; by
+            default ``q len(y)``. Passing q and this one from a released (noisy) record count
+            keeps every number DP-SGD uses independent of the exact count.
     """
     started = time.perf_counter()
     local = copy.deepcopy(model).to(device)
     local.train()
     dataset = TensorDataset(torch.as_tensor(x), torch.as_tensor(y))
-    sampling = torch.Generator().manual_seed(seed)
-    noise = torch.Generator(device=device).manual_seed(seed + 1)
-    loader = DataLoader(dataset, batch_size=min(batch_size, len(dataset)), generator=sampling)
+    sampling_seed, noise_seed = _generator_seeds(seed)
+    sampling = torch.Generator().manual_seed(sampling_seed)
+    noise = torch.Generator(device=device).manual_seed(noise_seed)
+    if sampling_rate is None:
+        loader = DataLoader(dataset, batch_size=min(batch_size, len(dataset)), generator=sampling)
+    else:
+        # Poisson sampling at the given public rate (Opacus would derive it from len(y)), for
+        # 1 / q steps an epoch (counted exactly: int(1 / q) can fall one short in floats)
+        loader = DPDataLoader(dataset, sample_rate=sampling_rate, generator=sampling)
+        loader.batch_sampler.steps = round(1 / sampling_rate)
     optimizer = torch.optim.SGD(local.parameters(), lr=learning_rate, momentum=momentum)
     criterion = nn.CrossEntropyLoss()
     with warnings.catch_warnings():
@@ -118,7 +149,7 @@ def train_privately(
             data_loader=loader,
             noise_multiplier=noise_multiplier,
             max_grad_norm=max_grad_norm,
-            poisson_sampling=True,
+            poisson_sampling=sampling_rate is None,
             noise_generator=noise,
             grad_sample_mode="ghost" if ghost_clipping else "hooks",
         )
@@ -126,7 +157,9 @@ def train_privately(
         private_model, private_optimizer, criterion, private_loader = private
     else:
         private_model, private_optimizer, private_loader = private
-    sampling_rate = 1 / len(private_loader)
+    if expected_batch_size is not None:
+        private_optimizer.expected_batch_size = expected_batch_size
+    sampling_rate = private_loader.sample_rate if sampling_rate is None else sampling_rate
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # Opacus' notes on backward hooks
         losses, steps = _train(

@@ -1,26 +1,45 @@
 """``privagg audit``: the guarantee report of a configuration, backed by tests and an audit.
 
 The report states the threat model and parameters of a configuration, runs the empirical
-privacy audit (:mod:`fl.audit`), runs the test suites that back each claim, and writes
-``audit.md`` and ``audit.json``.
+privacy audit of that configuration (:mod:`fl.audit`: DP-SGD with canary records at sample
+level, canary clients through the client-level mechanism at client level, training without DP
+when the configuration has none), runs the test suites that back each claim, and writes
+``audit.md`` and ``audit.json``. Both phases report progress.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tempfile
+import time
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import secagg
 from dp.ledger import PrivacyLevel
-from fl.audit import AuditResult, run_canary_audit
+from fl.audit import AuditResult, run_canary_audit, run_client_canary_audit
 from fl.config import RunConfig
 
-__all__ = ["CLAIMS", "Claim", "build_report", "render_markdown", "write_report"]
+__all__ = [
+    "CLAIMS",
+    "AuditProgress",
+    "Claim",
+    "audit_progress",
+    "build_report",
+    "render_markdown",
+    "run_audit",
+    "write_report",
+]
+
+AuditProgress = Callable[[str, int, int], None]
+"""``progress(phase, done, total)``; phases: "empirical audit", "backing tests"."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +87,8 @@ CLAIMS = (
         ("tests/dp/test_accounting.py",),
     ),
     Claim(
-        "The empirical audit stays below the claimed epsilon and has power without DP",
+        "The empirical audits (DP-SGD with canary records, the client-level mechanism with "
+        "canary clients) stay below the claimed epsilon and refute it without DP",
         ("tests/audit/test_empirical_privacy.py",),
     ),
 )
@@ -79,26 +99,38 @@ def _covers(test: str, case: str) -> bool:
     return case == test or case.startswith(test + "::") or case.startswith(test + "[")
 
 
-def _run_tests(root: Path, claims: tuple[Claim, ...]) -> dict[str, dict]:
+def _run_tests(
+    root: Path, claims: tuple[Claim, ...], progress: AuditProgress | None = None
+) -> dict[str, dict]:
     """Run every claim's tests once; per claim: passed / failed counts and the failures."""
     paths = sorted({test for claim in claims for test in claim.tests})
-    with tempfile.TemporaryDirectory() as folder:
-        report = Path(folder) / "junit.xml"
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pytest",
-                "-q",
-                "-p",
-                "no:cacheprovider",
-                f"--junitxml={report}",
-                *paths,
-            ],
+    base = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]
+    total = 0
+    if progress is not None:
+        collected = subprocess.run(
+            [*base, "-q", "--collect-only", *paths],
             cwd=root,
             capture_output=True,
             text=True,
         )
+        found = re.search(r"(\d+) tests? collected", collected.stdout)
+        total = int(found.group(1)) if found else 0
+        progress("backing tests", 0, total)
+    with tempfile.TemporaryDirectory() as folder:
+        report = Path(folder) / "junit.xml"
+        process = subprocess.Popen(
+            [*base, "-v", f"--junitxml={report}", *paths],
+            cwd=root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        done = 0
+        for line in process.stdout or ():
+            if progress is not None and re.search(r" (PASSED|FAILED|SKIPPED|ERROR|XFAIL)", line):
+                done += 1
+                progress("backing tests", min(done, total), total)
+        process.wait()
         cases = []
         if report.is_file():
             for case in ElementTree.parse(report).getroot().iter("testcase"):
@@ -106,6 +138,8 @@ def _run_tests(root: Path, claims: tuple[Claim, ...]) -> dict[str, dict]:
                 failed = any(child.tag in ("failure", "error") for child in case)
                 skipped = any(child.tag == "skipped" for child in case)
                 cases.append((name, failed, skipped))
+    if progress is not None:
+        progress("backing tests", total, total)
     results = {}
     for claim in claims:
         mine = [case for case in cases if any(_covers(test, case[0]) for test in claim.tests)]
@@ -117,19 +151,62 @@ def _run_tests(root: Path, claims: tuple[Claim, ...]) -> dict[str, dict]:
     return results
 
 
+def run_audit(
+    config: RunConfig, *, seed: int | None = None, progress: AuditProgress | None = None
+) -> tuple[AuditResult, str]:
+    """The empirical audit of ``config``'s privacy level, and what it trained."""
+    privacy = config.privacy
+
+    def step(done: int, total: int) -> None:
+        if progress is not None:
+            progress("empirical audit", done, total)
+
+    if privacy.level is PrivacyLevel.CLIENT:
+        result = run_client_canary_audit(config, seed=seed, progress=step)
+        what = (
+            "the client-level mechanism at the configured noise, with canary clients "
+            "(epsilon against the server)"
+        )
+    elif privacy.level is PrivacyLevel.SAMPLE:
+        result = run_canary_audit(
+            epsilon=privacy.epsilon,
+            noise_multiplier=privacy.noise_multiplier,
+            delta=privacy.delta,
+            clip=privacy.clip,
+            accountant=privacy.accountant.value,
+            seed=seed,
+            progress=step,
+        )
+        what = "DP-SGD at the claimed epsilon, with canary records"
+    else:
+        result = run_canary_audit(epsilon=None, seed=seed, progress=step)
+        what = "training without DP (what an unprotected model leaks)"
+    return result, what
+
+
 def build_report(
-    config: RunConfig, *, run_tests: bool = True, audit_seed: int | None = None
+    config: RunConfig,
+    *,
+    run_tests: bool = True,
+    audit_seed: int | None = None,
+    progress: AuditProgress | None = None,
 ) -> dict:
-    """Everything the report states, as plain data (``audit.json``)."""
+    """Everything the report states, as plain data (``audit.json``).
+
+    Args:
+        config: the configuration to report on and to audit.
+        run_tests: run the backing test suites (in a checkout).
+        audit_seed: replay the audit's randomness.
+        progress: ``progress(phase, done, total)`` for the audit and the tests.
+    """
     secure, privacy, training = config.secure, config.privacy, config.training
     cohort = training.cohort_size
     session = secagg.SecAggConfig.create(
         range(1, cohort + 1), 1, threshold=secure.threshold, neighbours=secure.neighbours
     )
-    claimed = privacy.epsilon if privacy.level is PrivacyLevel.SAMPLE else None
-    audit: AuditResult = run_canary_audit(epsilon=claimed, delta=privacy.delta, seed=audit_seed)
+    audit, what = run_audit(config, seed=audit_seed, progress=progress)
     root = Path(__file__).resolve().parents[1]
-    tests = _run_tests(root, CLAIMS) if run_tests and (root / "tests").is_dir() else None
+    tests = _run_tests(root, CLAIMS, progress) if run_tests and (root / "tests").is_dir() else None
     return {
         "threat_model": (
             "The server sees every message and may deviate from the protocol; up to t - 1 clients "
@@ -160,15 +237,9 @@ def build_report(
             "delta": privacy.delta,
             "accountant": privacy.accountant.value,
         },
-        "empirical_audit": audit.to_dict()
-        | {
-            "what": (
-                "DP-SGD at the claimed epsilon"
-                if claimed is not None
-                else "training without DP (what an unprotected model leaks)"
-            ),
-        },
+        "empirical_audit": audit.to_dict() | {"what": what},
         "claims": tests,
+        "claims_skipped": not run_tests,
     }
 
 
@@ -204,16 +275,20 @@ def render_markdown(report: dict) -> str:
         f"membership guesses correct, epsilon lower bound **{audit['lower_bound']:.2f}** at "
         f"{audit['confidence']:.0%} confidence"
         + (
-            f" (claimed epsilon {audit['claimed_epsilon']})."
+            f" (claimed epsilon {audit['claimed_epsilon']:.3g})."
             if audit["claimed_epsilon"] is not None
             else "."
         ),
+        "",
+        _audit_verdict(audit),
         "",
         "## Claims and the tests that back them",
         "",
     ]
     claims = report["claims"]
-    if claims is None:
+    if claims is None and report.get("claims_skipped"):
+        lines.append("The backing tests were not run (`--no-tests`).")
+    elif claims is None:
         lines.append(
             "The test suites are not part of this installation; run `pytest tests/audit` in a checkout."
         )
@@ -225,6 +300,59 @@ def render_markdown(report: dict) -> str:
             )
             lines.append(f"| {text} | {', '.join(f'`{t}`' for t in result['tests'])} | {verdict} |")
     return "\n".join(lines) + "\n"
+
+
+def _audit_verdict(audit: dict) -> str:
+    """What the audit says about the claim, including when it cannot say anything."""
+    size = (
+        f"{audit['guesses']} guesses can refute at most epsilon {audit['max_refutable']:.2f} "
+        "(every guess right)"
+    )
+    claimed = audit["claimed_epsilon"]
+    if claimed is None:
+        return f"Without DP the audit shows its power: {size}."
+    if audit["refuted"]:
+        return (
+            f"**The lower bound exceeds the claimed epsilon {claimed:.3g}: the mechanism or its "
+            f"accounting is wrong.** ({size}.)"
+        )
+    if not audit["refutable"]:
+        return (
+            f"**This audit cannot refute the claim:** {size}, and the claim {claimed:.3g} is "
+            "above that; a larger audit (more canaries) would be needed."
+        )
+    return f"The lower bound stays below the claim; {size}, above the claim."
+
+
+@contextmanager
+def audit_progress(console, *, every: float = 5.0) -> Iterator[AuditProgress]:
+    """A progress callback for :func:`build_report`: rich progress bars on a terminal, a plain
+    line (``phase: done/total``) every ``every`` seconds otherwise."""
+    if console.is_terminal:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console
+        ) as bars:
+            tasks: dict[str, int] = {}
+
+            def update(phase: str, done: int, total: int) -> None:
+                if phase not in tasks:
+                    tasks[phase] = bars.add_task(phase, total=total or None)
+                bars.update(tasks[phase], completed=done, total=total or None)
+
+            yield update
+        return
+    stream: TextIO = console.file
+    last = [time.monotonic()]
+
+    def line(phase: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= every or done == total:
+            last[0] = now
+            print(f"{phase}: {done}/{total}", file=stream, flush=True)
+
+    yield line
 
 
 def write_report(out: Path, report: dict) -> None:

@@ -24,9 +24,7 @@ def epsilon_spent(ledger: PrivacyLedger | None) -> float | None:
     The one place that reads it from the ledger, for the header, ``summary.json`` and
     ``config.toml``.
     """
-    if ledger is None:
-        return None
-    return ledger.epsilons[-1] if ledger.epsilons else 0.0
+    return None if ledger is None else ledger.epsilon()
 
 
 def projected_epsilon(

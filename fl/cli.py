@@ -428,16 +428,18 @@ def _sweep(args: argparse.Namespace, output: Output) -> int:
 
 
 def _audit(args: argparse.Namespace, output: Output) -> int:
-    from fl.audit_report import build_report, render_markdown, write_report
+    from pathlib import Path
+
+    from fl.audit_report import audit_progress, build_report, render_markdown, write_report
     from fl.config import load_config
 
     config = load_config(args.config) if args.config else RunConfig()
     output.print(
         "[bold]privagg audit[/]: empirical privacy audit"
         + ("" if args.no_tests else " and backing tests")
-        + " ..."
     )
-    report = build_report(config, run_tests=not args.no_tests)
+    with audit_progress(output.console) as progress:
+        report = build_report(config, run_tests=not args.no_tests, progress=progress)
     write_report(Path(args.out), report)
     output.plain(render_markdown(report))
     output.plain(f"written to {args.out}/: audit.md, audit.json")

@@ -4,11 +4,16 @@ Randomness: cohorts, dropouts, minibatch order and stochastic rounding derive fr
 ``(config.seed, round, client)``, so rounds replay exactly. Protocol keys and masks always come
 from ``os.urandom``. DP noise comes from ``os.urandom`` as well, unless
 ``privacy.reproducible_noise`` asks for seeded noise (experiments that must replay bit for bit).
+Under client-level DP the cohorts are secret too: each client is included with probability q
+by :mod:`secrets` (never derivable from the seed, or the amplification by sampling the ledger
+reports for observers would not hold); who took part is recorded in the ledger after the round,
+and a resumed run continues from what was recorded.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,6 +21,7 @@ import torch
 from torch import nn
 
 import secagg
+from dp.distributed import DistributedNoiseEncoder
 from dp.ledger import ClientLevelEntry, PrivacyLedger, PrivacyLevel, SampleLevelEntry
 from fl.aggregation import (
     AggregateOutcome,
@@ -34,12 +40,20 @@ from fl.report import RoundMetrics
 from fl.server import FedAvgServer, sample_cohort
 from secagg.randomness import DeterministicRandom, RandomSource, system_random
 
-__all__ = ["Federation", "draw_dropouts", "stream_seed"]
+__all__ = ["Federation", "draw_dropouts", "poisson_cohort", "stream_seed"]
 
 
 def stream_seed(*key: int) -> int:
     """A 63-bit seed for one (seed, round, client) stream."""
     return int(np.random.SeedSequence(list(key)).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def poisson_cohort(clients: list[int], rate: float) -> list[int]:
+    """Each client independently with probability ``rate``, exactly (the float ``rate`` is a
+    dyadic rational m / 2^e: include when a uniform integer below 2^e is below m), from
+    :func:`secrets.randbelow`."""
+    numerator, denominator = float(rate).as_integer_ratio()
+    return [u for u in clients if secrets.randbelow(denominator) < numerator]
 
 
 def draw_dropouts(
@@ -66,7 +80,9 @@ class Federation:
     ledger: PrivacyLedger | None = None
     sample_plan: SampleLevelPlan | None = None
     client_plan: ClientLevelPlan | None = None
+    policy: secagg.ClientPolicy = field(default_factory=secagg.ClientPolicy)
     _pending: list[SampleLevelEntry | ClientLevelEntry] = field(default_factory=list)
+    _drawn: tuple[int, list[int]] | None = None
 
     @property
     def level(self) -> PrivacyLevel:
@@ -77,34 +93,79 @@ class Federation:
             return DeterministicRandom(repr(("noise", self.config.seed, *key)).encode())
         return system_random
 
-    def _cohort(self, round_index: int, generator: np.random.Generator) -> list[int]:
+    def _generator(self, round_index: int) -> np.random.Generator:
+        return np.random.default_rng([self.config.seed, round_index])
+
+    def cohort(self, round_index: int) -> list[int]:
+        """The clients of round ``round_index`` (0-based): drawn once per round and kept until
+        the round runs, so a budget check and the round see the same cohort.
+
+        Client level: Poisson sampling at the plan's rate from :mod:`secrets`, among the clients
+        that have not reached the plan's participation cap. Otherwise: a uniform sample of the
+        cohort size from the run's seed.
+        """
+        if self._drawn is not None and self._drawn[0] == round_index:
+            return self._drawn[1]
         training = self.config.training
         if self.level is PrivacyLevel.CLIENT:  # Poisson sampling, which the accounting assumes
-            rate = self.client_plan.sampling_rate
-            return [u for u in range(1, training.clients + 1) if generator.random() < rate]
-        return sample_cohort(training.clients, training.cohort_size, generator)
+            eligible = list(range(1, training.clients + 1))
+            cap = self.client_plan.max_participations
+            if cap is not None and self.ledger is not None:
+                taken = self.ledger.participations()
+                eligible = [u for u in eligible if sum(taken.get(u, {}).values()) < cap]
+            cohort = poisson_cohort(eligible, self.client_plan.sampling_rate)
+        else:
+            cohort = sample_cohort(
+                training.clients, training.cohort_size, self._generator(round_index)
+            )
+        self._drawn = (round_index, cohort)
+        return cohort
+
+    def _client_encoder(self, cohort: int) -> DistributedNoiseEncoder:
+        return client_encoder(
+            self.config,
+            self.client_plan,
+            cohort=cohort,
+            dimension=self.dimension,
+            policy=self.policy,
+        )
 
     def prospective(self, round_index: int) -> tuple[SampleLevelEntry | ClientLevelEntry, ...]:
-        """What the next round would add to the ledger, assuming every client takes part."""
+        """What round ``round_index`` would add to the ledger if its actual cohort took part
+        in full (the cohort is drawn now and kept for the round)."""
+        cohort = self.cohort(round_index)
+        if not self._runnable(cohort):
+            return ()
         if self.level is PrivacyLevel.SAMPLE:
             clip = self.config.privacy.clip
-            return tuple(
-                self.sample_plan.entry(round_index, c, clip)
-                for c in range(1, self.config.training.clients + 1)
-            )
+            return tuple(self.sample_plan.entry(round_index, c, clip) for c in cohort)
         if self.level is PrivacyLevel.CLIENT:
-            encoder = client_encoder(
-                self.config,
-                self.client_plan,
-                cohort=self.config.training.cohort_size,
-                dimension=self.dimension,
-            )
             return (
-                encoder.ledger_entry(
-                    round_index=round_index + 1, client_sampling_rate=self.client_plan.sampling_rate
+                self._client_encoder(len(cohort)).ledger_entry(
+                    round_index=round_index + 1,
+                    client_sampling_rate=self.client_plan.sampling_rate,
+                    participants=tuple(cohort),
                 ),
             )
         return ()
+
+    def _runnable(self, cohort: list[int]) -> bool:
+        """Whether a round with this cohort runs: enough clients, and (client level) a size the
+        noise was calibrated for."""
+        if self.level is PrivacyLevel.CLIENT and not self.client_plan.covers(len(cohort)):
+            return False
+        return len(cohort) >= self._needed
+
+    @property
+    def _needed(self) -> int:
+        """The fewest clients a round runs with: the server's minimum, the threshold, and (secure)
+        the cohort floor of the clients' policy."""
+        secure = self.config.secure
+        return max(
+            self.config.training.min_clients,
+            secure.threshold or 0,
+            self.config.policy.min_clients if secure.enabled else 0,
+        )
 
     @property
     def dimension(self) -> int:
@@ -125,10 +186,10 @@ class Federation:
                 generator=torch.Generator().manual_seed(seed),
             )
             return local.update, local.seconds
-        from dp.local import train_privately  # Opacus loads only for sample-level DP
+        from dp.local import SECRET_SEED_BYTES, train_privately  # Opacus loads only here
 
-        privacy = self.config.privacy
-        noise_seed = seed if privacy.reproducible_noise else int.from_bytes(os.urandom(7), "little")
+        privacy, plan = self.config.privacy, self.sample_plan
+        secret = seed if privacy.reproducible_noise else os.urandom(SECRET_SEED_BYTES)
         result = train_privately(
             self.server.model,
             x,
@@ -137,16 +198,19 @@ class Federation:
             batch_size=training.batch_size,
             learning_rate=training.learning_rate,
             momentum=training.momentum,
-            noise_multiplier=self.sample_plan.noise[client],
+            noise_multiplier=plan.noise[client],
             max_grad_norm=privacy.clip,
             max_physical_batch=privacy.max_physical_batch,
             ghost_clipping=privacy.ghost_clipping,
-            seed=noise_seed,
+            seed=secret,
             device=self.device,
+            sampling_rate=plan.sampling_rate[client],
+            expected_batch_size=plan.expected_batch(client),
         )
-        self._pending.append(self.sample_plan.entry(round_index, client, privacy.clip))
+        self._pending.append(plan.entry(round_index, client, privacy.clip))
         delta = (result.parameters - self.server.global_vector).numpy()
-        return ClientUpdate(vector=delta, weight=len(y)), result.seconds
+        # the weight is the released noisy count: nothing the server decodes depends on len(y)
+        return ClientUpdate(vector=delta, weight=plan.noisy_counts[client]), result.seconds
 
     def _aggregate(
         self, updates: dict[int, ClientUpdate], dropouts: dict, round_index: int
@@ -163,9 +227,7 @@ class Federation:
             policy=config.policy.client_policy(),
         )
         if self.level is PrivacyLevel.CLIENT:
-            encoder = client_encoder(
-                config, self.client_plan, cohort=len(updates), dimension=self.dimension
-            )
+            encoder = self._client_encoder(len(updates))
             rotation_seed = DeterministicRandom(
                 repr(("rotation", config.seed, round_index)).encode()
             )(32)
@@ -178,7 +240,9 @@ class Federation:
             )
             self._pending.append(
                 encoder.ledger_entry(
-                    round_index=round_index + 1, client_sampling_rate=self.client_plan.sampling_rate
+                    round_index=round_index + 1,
+                    client_sampling_rate=self.client_plan.sampling_rate,
+                    participants=tuple(outcome.contributors),
                 )
             )
             return outcome
@@ -196,8 +260,13 @@ class Federation:
 
     def run_round(self, round_index: int) -> RoundMetrics:
         """One round (``round_index`` is 0-based); the ledger is charged only if a sum is released."""
-        generator = np.random.default_rng([self.config.seed, round_index])
-        cohort = self._cohort(round_index, generator)
+        generator = self._generator(round_index)
+        cohort = self.cohort(round_index)
+        if self.level is not PrivacyLevel.CLIENT:
+            # the seeded cohort came from this round's generator: step past that draw, so the
+            # dropouts that follow are the ones the seed has always given
+            sample_cohort(self.config.training.clients, len(cohort), generator)
+        self._drawn = None
         dropouts = draw_dropouts(
             cohort,
             self.config.secure.dropout,
@@ -205,13 +274,7 @@ class Federation:
             generator=generator,
         )
         self._pending = []
-        secure = self.config.secure
-        needed = max(
-            self.config.training.min_clients,
-            secure.threshold or 0,
-            self.config.policy.min_clients if secure.enabled else 0,
-        )
-        if len(cohort) < needed:
+        if not self._runnable(cohort):
             return self._failed(round_index, cohort, 0.0, dropped=0, traffic=0)
         updates, train_seconds = {}, 0.0
         for client in cohort:
@@ -220,7 +283,7 @@ class Federation:
         updates, non_finite = finite_updates(updates)
         dropouts = {u: phase for u, phase in dropouts.items() if u in updates}
         vanished = sum(not contributes_in_the_clear(phase) for phase in dropouts.values())
-        if len(updates) < needed:
+        if len(updates) < self._needed:
             return self._failed(
                 round_index,
                 cohort,
@@ -275,10 +338,7 @@ class Federation:
         """Nothing was released: the model is unchanged and no privacy is spent. ``dropped``
         counts the clients that really dropped out; ``traffic`` is None when not measured."""
         self._pending = []
-        epsilon = None
-        if self.ledger is not None:
-            epsilon = self.ledger.epsilons[-1] if self.ledger.epsilons else 0.0
-            self.ledger.epsilons.append(epsilon)
+        epsilon = self.ledger.repeat_last() if self.ledger is not None else None
         accuracy, loss = self.server.evaluate(self.data.test_x, self.data.test_y)
         return RoundMetrics(
             round=round_index + 1,

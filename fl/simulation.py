@@ -32,7 +32,7 @@ from fl.config import Device, RunConfig
 from fl.data import build_federated_data
 from fl.errors import CheckpointError, ConfigError, NonFiniteUpdateWarning
 from fl.models import build_model, check_model_fits
-from fl.privacy import plan_client_level, plan_sample_level
+from fl.privacy import plan_client_level, plan_sample_level, spent_summary
 from fl.report import (
     RoundMetrics,
     append_metrics,
@@ -185,6 +185,7 @@ def run_federation(
     allow_overspend: bool = False,
     on_start: Callable[[RunStart], None] | None = None,
     on_round: Callable[[RoundMetrics], None] | None = None,
+    on_calibration: Callable[[int, int], None] | None = None,
 ) -> RunResult:
     """Run (or resume) a federated training and write its output folder.
 
@@ -205,6 +206,8 @@ def run_federation(
             summary.json); without it such a resume is a :class:`~fl.errors.BudgetError`.
         on_start: called once every check has passed, before round 1 (or the next round).
         on_round: called with each round's metrics as it completes.
+        on_calibration: ``(done, total)`` progress of the noise calibration before round 1
+            (default: a plain line on standard output every few seconds).
 
     Raises:
         ConfigError, DataError: invalid settings or data, before round 1.
@@ -259,10 +262,6 @@ def run_federation(
     plan_config = (
         config if calibrated is None else config.with_overrides({"training.rounds": calibrated})
     )
-    if privacy.level is PrivacyLevel.SAMPLE:
-        federation.sample_plan = plan_sample_level(plan_config, data)
-    elif privacy.level is PrivacyLevel.CLIENT:
-        federation.client_plan = plan_client_level(plan_config, server.global_vector.numel())
     if privacy.level is not PrivacyLevel.NONE:
         federation.ledger = PrivacyLedger(
             level=privacy.level, delta=privacy.delta, accountant=privacy.accountant
@@ -273,6 +272,15 @@ def run_federation(
         start, wall_before = existing.completed_rounds, existing.wall_seconds
         history = list(existing.history)
         _restore(federation, existing, out)
+    # planned after the restore: the sample-level plan reuses the noisy counts in the ledger
+    if privacy.level is PrivacyLevel.SAMPLE:
+        federation.sample_plan = plan_sample_level(
+            plan_config, data, ledger=federation.ledger, progress=on_calibration
+        )
+    elif privacy.level is PrivacyLevel.CLIENT:
+        federation.client_plan = plan_client_level(
+            plan_config, server.global_vector.numel(), progress=on_calibration
+        )
     projected = None
     if (
         federation.ledger is not None
@@ -361,7 +369,7 @@ def run_federation(
     summary = _summary(config, history, server, device, seconds)
     summary["stopped_early"] = stopped
     if federation.ledger is not None:
-        summary["epsilon"] = epsilon_spent(federation.ledger)
+        summary.update(spent_summary(federation.ledger))
         summary["epsilon_target"] = privacy.epsilon if calibrated is not None else None
         summary["calibrated_rounds"] = calibrated
         summary["delta"] = privacy.delta
