@@ -49,7 +49,7 @@ from flwr.serverapp import Grid
 
 import secagg
 from dp.distributed import DistributedNoiseEncoder, Mechanism
-from dp.ledger import ClientLevelEntry, PrivacyLedger, PrivacyLevel
+from dp.ledger import PrivacyLedger, PrivacyLevel
 from secagg.encoding import FixedPointEncoder
 from secagg.hazmat.signing import SigningKey
 from secagg.randomness import DeterministicRandom, system_random
@@ -411,7 +411,7 @@ class PrivaggWorkflow:
     client_policy: secagg.ClientPolicy | None = None
     reports: list[RoundReport] = field(default_factory=list)
     ledger: PrivacyLedger | None = None
-    _pending: ClientLevelEntry | None = field(default=None, repr=False)
+    _pending: DistributedNoiseEncoder | None = field(default=None, repr=False)
 
     @property
     def _policy(self) -> secagg.ClientPolicy:
@@ -518,14 +518,14 @@ class PrivaggWorkflow:
             "cohort": cohort,
             "noise_shares": self._policy.honest_floor(config),
             "ring_bits": self.dp_ring_bits,
+            "threshold": config.threshold,
+            "corrupt": self._policy.corrupt_neighbours(config),
         }
         noisy = DistributedNoiseEncoder(**{**params, "mechanism": Mechanism(self.dp_mechanism)})
         rotation = os.urandom(32)
         if self.ledger is None:
             self.ledger = PrivacyLedger(level=PrivacyLevel.CLIENT, delta=self.dp_delta)
-        self._pending = noisy.ledger_entry(
-            round_index=round_number, client_sampling_rate=self.fraction
-        )
+        self._pending = noisy
 
         def decode(result: secagg.ServerResult) -> tuple[np.ndarray, int]:
             contributors = len(result.contributors)
@@ -590,7 +590,14 @@ class PrivaggWorkflow:
         mean, weight = decode(result)
         epsilon = None
         if self.ledger is not None and self._pending is not None:
-            self.ledger.record_client(self._pending)
+            participants = tuple(node_of[c] for c in result.contributors)
+            self.ledger.record_client(
+                self._pending.ledger_entry(
+                    round_index=round_number,
+                    client_sampling_rate=self.fraction,
+                    participants=participants,
+                )
+            )
             epsilon = self.ledger.close_round()
         self.reports.append(
             RoundReport(
