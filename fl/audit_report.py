@@ -69,6 +69,14 @@ CLAIMS = (
         ("tests/audit/test_malicious_server.py",),
     ),
     Claim(
+        "At the default parameters an active server cannot isolate a client (one story per "
+        "client, certified in every neighbourhood), shrink a neighbourhood unseen, rerun a "
+        "session, replay signatures from another run, propose parameters below the clients' "
+        "policy, or read a client's data from its errors; each strategy succeeds against a "
+        "weakened client",
+        ("tests/audit/test_active_server.py", "tests/fl/test_flower_attacks.py"),
+    ),
+    Claim(
         "Malformed, tampered, stale or out-of-order bytes raise typed errors and never change "
         "the state or the sum",
         (
@@ -204,13 +212,15 @@ def build_report(
     session = secagg.SecAggConfig.create(
         range(1, cohort + 1), 1, threshold=secure.threshold, neighbours=secure.neighbours
     )
+    policy = config.policy.client_policy()
     audit, what = run_audit(config, seed=audit_seed, progress=progress)
     root = Path(__file__).resolve().parents[1]
     tests = _run_tests(root, CLAIMS, progress) if run_tests and (root / "tests").is_dir() else None
     return {
         "threat_model": (
-            "The server sees every message and may deviate from the protocol; up to t - 1 clients "
-            "may collude with it; clients drop out at any time. "
+            "The server sees every message and may deviate from the protocol; up to "
+            f"{policy.corrupt_neighbours(session)} members of any neighbourhood may collude with "
+            "it (the clients' policy); clients drop out at any time. "
             + (
                 "With identities the guarantees hold against an active server (signed keys and "
                 "messages, consistency check)."
@@ -230,6 +240,7 @@ def build_report(
             "dropouts_tolerated_per_neighbourhood": session.neighbours + 1 - session.threshold,
             "identities": secure.identities,
         },
+        "client_policy": _policy_summary(policy, session),
         "differential_privacy": {
             "level": privacy.level.value,
             "epsilon": privacy.epsilon,
@@ -240,6 +251,23 @@ def build_report(
         "empirical_audit": audit.to_dict() | {"what": what},
         "claims": tests,
         "claims_skipped": not run_tests,
+    }
+
+
+def _policy_summary(policy: secagg.ClientPolicy, session: secagg.SecAggConfig) -> dict:
+    """The policy in force and what it means for this configuration's sessions."""
+    try:
+        policy.check_session(session)
+        verdict = "yes"
+    except secagg.PolicyViolation as error:
+        verdict = f"no: {error}"
+    return {
+        **policy.to_dict(),
+        "colluders_assumed_per_neighbourhood": policy.corrupt_neighbours(session),
+        "minimum_threshold": policy.minimum_threshold(session),
+        "honest_inputs_in_any_released_sum": policy.honest_floor(session),
+        "neighbours_needed_per_key_phase": policy.min_live_neighbours(session),
+        "sessions_meet_the_policy": verdict,
     }
 
 
@@ -262,6 +290,12 @@ def render_markdown(report: dict) -> str:
         "| setting | value |",
         "|---|---|",
         *[f"| {k.replace('_', ' ')} | {v} |" for k, v in sa.items()],
+        "",
+        "## Client policy (what every client refuses below)",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        *[f"| {k.replace('_', ' ')} | {v} |" for k, v in report["client_policy"].items()],
         "",
         "## Differential privacy",
         "",

@@ -595,6 +595,21 @@ def test_audit_command_writes_the_report(tmp_path, capsys):
     assert "Empirical privacy audit" in (tmp_path / "audit" / "audit.md").read_text()
 
 
+def test_audit_reports_the_client_policy_in_force(tmp_path):
+    """`privagg audit --config` states the clients' policy of that configuration and whether its
+    sessions meet it (a threshold below the floor is named)."""
+    config = tmp_path / "weak.toml"
+    config.write_text("[secure]\nthreshold = 4\n\n[policy]\nmin_clients = 8\n")
+    out = tmp_path / "audit"
+    assert main(["audit", "--no-tests", "--config", str(config), "--out", str(out)]) == 0
+    policy = json.loads((out / "audit.json").read_text())["client_policy"]
+    assert policy["min_clients"] == 8 and policy["minimum_threshold"] == 6
+    assert policy["sessions_meet_the_policy"].startswith("no: ") and "threshold 4" in (
+        policy["sessions_meet_the_policy"]
+    )
+    assert "## Client policy" in (out / "audit.md").read_text()
+
+
 def test_snapshot_sees_changes(tmp_path):
     """The folder hash the table relies on changes when a file does."""
     (tmp_path / "a").write_bytes(np.zeros(3).tobytes())
