@@ -316,11 +316,17 @@ def render_run_start(output: Output, start: Any) -> None:
             resumed += f": epsilon spent so far {start.epsilon_spent:.3f}"
         output.print(resumed)
     if start.epsilon_projected is not None and start.epsilon_target is not None:
-        output.warning(
+        past = (
             f"--rounds {training.rounds} goes past the {start.calibrated_rounds} rounds the noise "
-            f"was calibrated for: epsilon up to {start.epsilon_projected:.3f}, above the target "
-            f"{start.epsilon_target:g}"
+            f"was calibrated for: epsilon up to {start.epsilon_projected:.3f}"
         )
+        if start.epsilon_projected > start.epsilon_target * (1 + 1e-9):
+            output.warning(f"{past}, above the target {start.epsilon_target:g}")
+        else:
+            output.print(
+                f"{past}, within the target {start.epsilon_target:g} (a client takes part in at "
+                "most the rounds its budget allows: later rounds may find too few clients to run)"
+            )
     output.event(
         "start",
         out=str(start.out),

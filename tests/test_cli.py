@@ -292,12 +292,12 @@ def test_cli_mistakes_exit_2_with_one_line_and_touch_no_file(
 
 
 def test_resume_with_more_rounds_is_refused_with_the_epsilon_it_would_spend(tmp_path, capsys):
-    """`run --dp client --epsilon 2 --rounds 2`, then `--resume --rounds 4`: refused (exit 2)
+    """`run --dp sample --epsilon 2 --rounds 2`, then `--resume --rounds 4`: refused (exit 2)
     with the epsilon 4 rounds would reach and the flags that allow it; nothing changes. With
     --allow-overspend it runs, and config.toml, summary.json and the output state the epsilon
     actually spent, above the target."""
     out = tmp_path / "dp"
-    flags = ["--dp", "client", "--epsilon", "2", "--clients", "6", "--quiet"]
+    flags = ["--dp", "sample", "--epsilon", "2", "--clients", "6", "--quiet"]
     assert main(["run", *flags, "--rounds", "2", "--out", str(out)]) == 0
     spent = json.loads((out / "summary.json").read_text())["epsilon"]
     assert spent <= 2.0 + 1e-6
@@ -320,7 +320,7 @@ def test_resume_with_more_rounds_and_max_epsilon_stops_at_the_target(tmp_path, c
     """The --max-epsilon path: extending a calibrated run with --max-epsilon at the target
     recalibrates nothing and trains no round past the budget (here none fits: notice, exit 0)."""
     out = tmp_path / "dp"
-    flags = ["--dp", "client", "--epsilon", "2", "--clients", "6", "--quiet"]
+    flags = ["--dp", "sample", "--epsilon", "2", "--clients", "6", "--quiet"]
     assert main(["run", *flags, "--rounds", "2", "--out", str(out)]) == 0
     capsys.readouterr()
     assert main(["run", "--resume", "--rounds", "4", "--max-epsilon", "2", "--out", str(out)]) == 0
@@ -365,16 +365,16 @@ def test_sweep_over_an_interrupted_run_of_other_rounds_is_refused(tmp_path, caps
     assert _snapshot(out) == before
 
 
-def test_run_stopped_before_round_one_reports_it_without_a_plot(tmp_path, capsys):
-    """A budget smaller than one round (`--max-epsilon` tiny): the run stops before round 1,
-    says so, exits 0, and writes no empty training.png (the console crashed on no rounds)."""
+def test_run_with_a_budget_below_one_round_is_refused_before_anything_is_written(tmp_path, capsys):
+    """A budget smaller than one round (`--max-epsilon` tiny; the console used to crash on no
+    rounds and leave an empty training.png): refused before round 1 (exit 2) with the noise
+    multiplier that would fit, and no file written."""
     out = tmp_path / "run"
     argv = ["run", "--dp", "sample", "--noise-multiplier", "1.0", "--max-epsilon", "0.001"]
-    assert main([*argv, "--clients", "6", "--rounds", "2", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "no round ran" in printed and "stopped early" in printed
-    assert not (out / "training.png").exists()
-    assert json.loads((out / "summary.json").read_text())["rounds"] == 0
+    assert main([*argv, "--clients", "6", "--rounds", "2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "max_epsilon" in err and "noise multiplier" in err
+    assert not out.exists() or not any(out.iterdir())
 
 
 def test_resume_of_a_finished_run_says_nothing_to_do_and_writes_nothing(
@@ -604,8 +604,9 @@ def test_audit_reports_the_client_policy_in_force(tmp_path):
     assert main(["audit", "--no-tests", "--config", str(config), "--out", str(out)]) == 0
     policy = json.loads((out / "audit.json").read_text())["client_policy"]
     assert policy["min_clients"] == 8 and policy["minimum_threshold"] == 6
-    assert policy["sessions_meet_the_policy"].startswith("no: ") and "threshold 4" in (
-        policy["sessions_meet_the_policy"]
+    assert (
+        policy["sessions_meet_the_policy"].startswith("no: ")
+        and "threshold 4" in (policy["sessions_meet_the_policy"])
     )
     assert "## Client policy" in (out / "audit.md").read_text()
 

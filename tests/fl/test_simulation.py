@@ -161,15 +161,15 @@ def test_diverging_clients_are_left_out_and_json_stays_valid(tmp_path, secure):
         tmp_path,
         **{"training.rounds": 1, "training.learning_rate": 1e30, "secure.enabled": secure},
     )
-    with pytest.warns(NonFiniteUpdateWarning, match=r"round 1: client\(s\) 1, 2, 3, 4, 5 sent"):
+    with pytest.warns(NonFiniteUpdateWarning, match=r"round 1: client\(s\) 1, 2, 3, 4, 5, 6 sent"):
         result = run_federation(config)
     (metrics,) = result.history
-    assert metrics.non_finite == (1, 2, 3, 4, 5) and metrics.failed
+    assert metrics.non_finite == (1, 2, 3, 4, 5, 6) and metrics.failed
     strict = {"parse_constant": pytest.fail}
     json.loads((result.out / "summary.json").read_text(), **strict)
     for line in (result.out / "metrics.jsonl").read_text().splitlines():
         json.loads(line, **strict)
-    assert result.summary["non_finite_updates"] == 5
+    assert result.summary["non_finite_updates"] == 6
 
 
 @pytest.mark.parametrize("secure", [True, False], ids=["secure", "plaintext"])
@@ -200,7 +200,7 @@ def test_one_diverging_client_is_dropped_and_the_round_goes_on(tmp_path, secure,
 
 def test_failed_round_records_the_real_dropouts(tmp_path, monkeypatch):
     """A failed round was logged as dropped = cohort, bytes up = 0: now it records the clients
-    that really dropped out (4 of 5), and traffic as unmeasured (null), not zero."""
+    that really dropped out (4 of 6), and traffic as unmeasured (null), not zero."""
     import fl.rounds
 
     monkeypatch.setattr(
@@ -210,7 +210,7 @@ def test_failed_round_records_the_real_dropouts(tmp_path, monkeypatch):
     )
     result = run_federation(_config(tmp_path, **{"training.rounds": 1}))
     (metrics,) = result.history
-    assert metrics.failed and metrics.sampled == 5
+    assert metrics.failed and metrics.sampled == 6
     assert metrics.dropped == 4 and metrics.bytes_up is None
     line = json.loads((result.out / "metrics.jsonl").read_text())
     assert line["dropped"] == 4 and line["bytes_up"] is None
