@@ -9,7 +9,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 from flwr.clientapp import ClientApp
 
 import secagg
-from fl.flower import FLOWER_RECORD, NodeIdentity, make_privagg_mod, privagg_mod
+from fl.engines.flower import FLOWER_RECORD, NodeIdentity, make_privagg_mod, privagg_mod
 from secagg.hazmat.signing import SigningKey
 
 SHAPES = {"w": (3, 4), "b": (4,)}

@@ -12,8 +12,8 @@ from flwr.serverapp import Grid, ServerApp  # noqa: E402
 from flwr.simulation import run_simulation  # noqa: E402
 
 import secagg  # noqa: E402
-from fl.aggregation import ClientUpdate, secure_weighted_mean  # noqa: E402
-from fl.flower import PrivaggWorkflow, flatten_arrays  # noqa: E402
+from fl.core.aggregation import ClientUpdate, secure_weighted_mean  # noqa: E402
+from fl.engines.flower import PrivaggWorkflow, flatten_arrays  # noqa: E402
 from secagg.randomness import DeterministicRandom  # noqa: E402
 from tests.fl.flower_apps import initial_arrays, make_client_app, node_update  # noqa: E402
 

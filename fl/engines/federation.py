@@ -23,7 +23,8 @@ from torch import nn
 import secagg
 from dp.distributed import DistributedNoiseEncoder
 from dp.ledger import ClientLevelEntry, PrivacyLedger, PrivacyLevel, SampleLevelEntry
-from fl.aggregation import (
+from fl.algorithms.fedavg import FedAvgServer, sample_cohort
+from fl.core.aggregation import (
     AggregateOutcome,
     ClientUpdate,
     contributes_in_the_clear,
@@ -32,12 +33,11 @@ from fl.aggregation import (
     secure_noisy_mean,
     secure_weighted_mean,
 )
-from fl.client import train_locally
-from fl.config import RunConfig
-from fl.data import FederatedData
-from fl.privacy import ClientLevelPlan, SampleLevelPlan, client_encoder
-from fl.report import RoundMetrics
-from fl.server import FedAvgServer, sample_cohort
+from fl.core.config import RunConfig
+from fl.core.data import FederatedData
+from fl.core.privacy import ClientLevelPlan, SampleLevelPlan, client_encoder
+from fl.core.report import RoundMetrics
+from fl.core.training import train_locally
 from secagg.randomness import DeterministicRandom, RandomSource, system_random
 
 __all__ = ["Federation", "draw_dropouts", "poisson_cohort", "stream_seed"]

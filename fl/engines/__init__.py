@@ -1,0 +1,12 @@
+"""The ways of running a federation: each samples a cohort, has it train, takes the secure sum
+and applies it.
+
+* :mod:`~fl.engines.inprocess` - the embedded default: every client in this process
+  (:func:`fl.run_federation`), driving :mod:`~fl.engines.federation`'s rounds;
+* :mod:`~fl.engines.flower` - this project's protocol on Flower's engines (optional extra).
+"""
+
+from fl._lazy import submodules
+
+__all__ = ["federation", "flower", "inprocess"]
+__getattr__, __dir__ = submodules(__name__, __all__)
