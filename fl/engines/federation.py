@@ -80,13 +80,17 @@ class Federation:
     ledger: PrivacyLedger | None = None
     sample_plan: SampleLevelPlan | None = None
     client_plan: ClientLevelPlan | None = None
-    policy: secagg.ClientPolicy = field(default_factory=secagg.ClientPolicy)
     _pending: list[SampleLevelEntry | ClientLevelEntry] = field(default_factory=list)
     _drawn: tuple[int, list[int]] | None = None
 
     @property
     def level(self) -> PrivacyLevel:
         return self.config.privacy.level
+
+    @property
+    def policy(self) -> secagg.ClientPolicy:
+        """The floors every client holds (the run configuration's ``[policy]``)."""
+        return self.config.policy.client_policy()
 
     def _noise_source(self, *key: int) -> RandomSource:
         if self.config.privacy.reproducible_noise:
@@ -224,7 +228,7 @@ class Federation:
             identities=secure.identities,
             dropouts=dropouts,
             round_index=round_index,
-            policy=config.policy.client_policy(),
+            policy=self.policy,
         )
         if self.level is PrivacyLevel.CLIENT:
             encoder = self._client_encoder(len(updates))

@@ -614,3 +614,12 @@ def test_dp_sgd_noise_is_seeded_with_64_bit_secrets_from_the_os(tmp_path, monkey
     )
     assert 16 in requested and len(seeds) == 10
     assert max(seeds) >= 2**56 and max(seeds) < 2**64
+
+
+def test_client_level_noise_follows_the_run_s_policy(tmp_path):
+    """The noise shares are sized with the [policy] of the run (here: no colluder assumed, so
+    t - c = t), the same policy the clients check the session against."""
+    result = run_federation(_client_level(tmp_path, **{"policy.corrupt_fraction": 0.0}))
+    entries = json.loads((result.out / "privacy.json").read_text())["client_entries"]
+    assert entries and all(e["corrupt"] == 0 for e in entries)
+    assert all(e["noise_shares"] == e["threshold"] for e in entries)
