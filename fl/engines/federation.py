@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,9 +39,10 @@ from fl.core.data import FederatedData
 from fl.core.privacy import ClientLevelPlan, SampleLevelPlan, client_encoder
 from fl.core.report import RoundMetrics
 from fl.core.training import train_locally
+from fl.engines.base import Engine
 from secagg.randomness import DeterministicRandom, RandomSource, system_random
 
-__all__ = ["Federation", "draw_dropouts", "poisson_cohort", "stream_seed"]
+__all__ = ["Federation", "TrainedCohort", "draw_dropouts", "poisson_cohort", "stream_seed"]
 
 
 def stream_seed(*key: int) -> int:
@@ -68,9 +70,26 @@ def draw_dropouts(
     return dropouts
 
 
+@dataclass(frozen=True, eq=False)
+class TrainedCohort:
+    """What the training step of a round produced.
+
+    Attributes:
+        updates: the finite updates, by client.
+        dropouts: the injected dropouts of the clients in ``updates``.
+        non_finite: the clients whose update was not finite (left out).
+        seconds: the training time, summed over clients.
+    """
+
+    updates: dict[int, ClientUpdate]
+    dropouts: dict[int, secagg.Phase]
+    non_finite: tuple[int, ...]
+    seconds: float
+
+
 @dataclass
-class Federation:
-    """The state a run carries from round to round."""
+class Federation(Engine[TrainedCohort]):
+    """The in-process engine's state from round to round, and its four steps."""
 
     config: RunConfig
     server: FedAvgServer
@@ -82,6 +101,7 @@ class Federation:
     client_plan: ClientLevelPlan | None = None
     _pending: list[SampleLevelEntry | ClientLevelEntry] = field(default_factory=list)
     _drawn: tuple[int, list[int]] | None = None
+    _dropouts: dict[int, secagg.Phase] = field(default_factory=dict)
 
     @property
     def level(self) -> PrivacyLevel:
@@ -262,8 +282,10 @@ class Federation:
             **protocol,
         )
 
-    def run_round(self, round_index: int) -> RoundMetrics:
-        """One round (``round_index`` is 0-based); the ledger is charged only if a sum is released."""
+    # -- the engine's four steps (fl.engines.base.Engine) ----------------------------------------
+
+    def sample_cohort(self, round_index: int) -> list[int]:
+        """The round's cohort, and the dropouts the simulation injects into it."""
         generator = self._generator(round_index)
         cohort = self.cohort(round_index)
         if self.level is not PrivacyLevel.CLIENT:
@@ -271,51 +293,65 @@ class Federation:
             # dropouts that follow are the ones the seed has always given
             sample_cohort(self.config.training.clients, len(cohort), generator)
         self._drawn = None
-        dropouts = draw_dropouts(
+        self._dropouts = draw_dropouts(
             cohort,
             self.config.secure.dropout,
             identities=self.config.secure.identities,
             generator=generator,
         )
         self._pending = []
-        if not self._runnable(cohort):
-            return self._failed(round_index, cohort, 0.0, dropped=0, traffic=0)
-        updates, train_seconds = {}, 0.0
+        return cohort
+
+    def ready(self, round_index: int, cohort: Sequence[int]) -> bool:
+        return self._runnable(list(cohort))
+
+    def train(self, round_index: int, cohort: Sequence[int]) -> TrainedCohort:
+        """Local training of every sampled client; non-finite updates are left out."""
+        updates, seconds = {}, 0.0
         for client in cohort:
-            updates[client], seconds = self._train(round_index, client)
-            train_seconds += seconds
+            updates[client], took = self._train(round_index, client)
+            seconds += took
         updates, non_finite = finite_updates(updates)
-        dropouts = {u: phase for u, phase in dropouts.items() if u in updates}
-        vanished = sum(not contributes_in_the_clear(phase) for phase in dropouts.values())
-        if len(updates) < self._needed:
-            return self._failed(
-                round_index,
-                cohort,
-                train_seconds,
-                dropped=len(non_finite),
-                traffic=0,
-                non_finite=non_finite,
+        dropouts = {u: phase for u, phase in self._dropouts.items() if u in updates}
+        return TrainedCohort(updates, dropouts, non_finite, seconds)
+
+    def secure_sum(self, round_index: int, trained: TrainedCohort) -> AggregateOutcome:
+        if len(trained.updates) < self._needed:
+            raise secagg.ThresholdNotMet(
+                f"round {round_index + 1}: only {len(trained.updates)} finite updates, "
+                f"{self._needed} needed"
             )
-        try:
-            outcome = self._aggregate(updates, dropouts, round_index)
-        except (secagg.ThresholdNotMet, secagg.PolicyViolation):
-            traffic = None if self.config.secure.enabled else 0  # the protocol reports none
-            return self._failed(
-                round_index,
-                cohort,
-                train_seconds,
-                dropped=vanished + len(non_finite),
-                traffic=traffic,
-                non_finite=non_finite,
-            )
+        return self._aggregate(trained.updates, trained.dropouts, round_index)
+
+    def apply(self, round_index: int, outcome: AggregateOutcome) -> None:
         self.server.apply(outcome.mean)
+
+    def run_round(self, round_index: int) -> RoundMetrics:
+        """One round (``round_index`` is 0-based); the ledger is charged only if a sum is released."""
+        record = self.step(round_index)
+        cohort, trained = list(record.cohort), record.trained
+        if trained is None:
+            return self._failed(round_index, cohort, 0.0, dropped=0, traffic=0)
+        if not record.released:
+            reached_the_protocol = len(trained.updates) >= self._needed
+            vanished = sum(
+                not contributes_in_the_clear(phase) for phase in trained.dropouts.values()
+            )
+            return self._failed(
+                round_index,
+                cohort,
+                trained.seconds,
+                dropped=len(trained.non_finite) + (vanished if reached_the_protocol else 0),
+                traffic=None if reached_the_protocol and self.config.secure.enabled else 0,
+                non_finite=trained.non_finite,
+            )
         return self._metrics(
             round_index,
             cohort,
-            train_seconds,
-            outcome,
+            trained.seconds,
+            record.outcome,
             epsilon=self._charge(),
-            non_finite=non_finite,
+            non_finite=trained.non_finite,
         )
 
     def _charge(self) -> float | None:

@@ -50,6 +50,7 @@ from flwr.serverapp import Grid
 import secagg
 from dp.distributed import DistributedNoiseEncoder, Mechanism
 from dp.ledger import PrivacyLedger, PrivacyLevel
+from fl.engines.base import Engine
 from secagg.encoding import FixedPointEncoder
 from secagg.hazmat.signing import SigningKey
 from secagg.randomness import DeterministicRandom, system_random
@@ -356,7 +357,37 @@ class RoundReport:
 
 
 @dataclass
-class PrivaggWorkflow:
+class _RoundState:
+    """What one round of the workflow gathers as it goes."""
+
+    identities: dict[int, bytes] | None = None
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, eq=False)
+class _FlowerSession:
+    """The protocol session of one round and how to decode its sum."""
+
+    node_of: dict[int, int]
+    config: secagg.SecAggConfig
+    encoding: dict
+    decode: Callable[[secagg.ServerResult], tuple[np.ndarray, int]]
+    vector: np.ndarray
+    layout: list[tuple[str, tuple[int, ...]]]
+
+
+@dataclass(frozen=True, eq=False)
+class _FlowerOutcome:
+    """A released round: the mean update, the total weight, who contributed, the epsilon."""
+
+    mean: np.ndarray
+    weight: int
+    contributors: tuple[int, ...]
+    epsilon: float | None
+
+
+@dataclass
+class PrivaggWorkflow(Engine[_FlowerSession]):
     """ServerApp workflow: FedAvg whose every round is one session of this project's protocol.
 
     Args:
@@ -412,6 +443,9 @@ class PrivaggWorkflow:
     reports: list[RoundReport] = field(default_factory=list)
     ledger: PrivacyLedger | None = None
     _pending: DistributedNoiseEncoder | None = field(default=None, repr=False)
+    _grid: Grid | None = field(default=None, repr=False)
+    _arrays: ArrayRecord | None = field(default=None, repr=False)
+    _round: _RoundState = field(default_factory=_RoundState, repr=False)
 
     @property
     def _policy(self) -> secagg.ClientPolicy:
@@ -535,26 +569,39 @@ class PrivaggWorkflow:
 
         return config, {"kind": "distributed-dp", "rotation-seed": rotation.hex(), **params}, decode
 
-    def run_round(self, grid: Grid, arrays: ArrayRecord, round_number: int) -> ArrayRecord:
-        """One round: sample nodes, run the protocol, apply the securely averaged update."""
-        started = time.perf_counter()
+    # -- the engine's four steps (fl.engines.base.Engine); run_round drives them ----------------
+
+    def sample_cohort(self, round_index: int) -> list[int]:
+        """The round's nodes (and, with an allowlist, those whose identity checks out)."""
+        grid, state = self._grid, self._round
         cohort = self._sample(self.wait_for_nodes(grid))
-        failures: list[str] = []
-        identities = None
         if self.allowlist is not None:
-            cohort, identities = self._identities(grid, round_number, cohort, failures)
-        if len(cohort) < 2:
-            raise secagg.ThresholdNotMet(
-                f"only {len(cohort)} nodes can take part in round {round_number}: {failures}"
-            )
+            cohort, state.identities = self._identities(grid, round_index, cohort, state.failures)
+        return cohort
+
+    def ready(self, round_index: int, cohort: Sequence[int]) -> bool:
+        return len(cohort) >= 2
+
+    def train(self, round_index: int, cohort: Sequence[int]) -> _FlowerSession:
+        """The session the nodes will train for: they train when the protocol asks for their
+        masked input (the model travels with that request), so the update never leaves a node
+        unmasked."""
         node_of = dict(enumerate(cohort, start=1))
-        vector, layout = flatten_arrays(arrays)
-        config, encoding, decode = self._session(node_of, vector.size, identities, round_number)
+        vector, layout = flatten_arrays(self._arrays)
+        config, encoding, decode = self._session(
+            node_of, vector.size, self._round.identities, round_index
+        )
         self._policy.check_session(config)  # the nodes would refuse it: fail here, with the reason
+        return _FlowerSession(node_of, config, encoding, decode, vector, layout)
+
+    def secure_sum(self, round_index: int, session: _FlowerSession) -> _FlowerOutcome:
+        """One session of the protocol over the grid; the weighted (or noisy) mean it decodes."""
+        grid, failures = self._grid, self._round.failures
+        config, node_of = session.config, session.node_of
         server = secagg.Server(config)
         outgoing: dict[int, bytes] | None = None
         for phase in secagg.Phase:
-            if phase is secagg.Phase.CONSISTENCY_CHECK and identities is None:
+            if phase is secagg.Phase.CONSISTENCY_CHECK and config.identities is None:
                 continue
             requests = {}
             for client_id, node in node_of.items():
@@ -567,16 +614,15 @@ class PrivaggWorkflow:
                     request |= {
                         "secagg-config": config.encode(),
                         "client-id": client_id,
-                        "encoding": json.dumps(encoding),
+                        "encoding": json.dumps(session.encoding),
                     }
                     if self.rounding_seed:
-                        request["rounding-seed"] = f"{self.rounding_seed}/{round_number}"
+                        request["rounding-seed"] = f"{self.rounding_seed}/{round_index}"
                 else:
                     request["message"] = outgoing[client_id]
                 requests[node] = request
-            replies = self._exchange(
-                grid, round_number, requests, arrays if phase is secagg.Phase.MASKED_INPUT else None
-            )
+            model = self._arrays if phase is secagg.Phase.MASKED_INPUT else None
+            replies = self._exchange(grid, round_index, requests, model)
             for node, reply in replies.items():
                 if reply.has_error():
                     failures.append(f"node {node}: {reply.error.reason}")
@@ -587,33 +633,57 @@ class PrivaggWorkflow:
                     failures.append(f"node {node}: {error}")
             outgoing = server.close_phase()
         result = server.result
-        mean, weight = decode(result)
+        mean, weight = session.decode(result)
+        contributors = tuple(node_of[c] for c in sorted(result.contributors))
         epsilon = None
         if self.ledger is not None and self._pending is not None:
-            participants = tuple(node_of[c] for c in result.contributors)
             self.ledger.record_client(
                 self._pending.ledger_entry(
-                    round_index=round_number,
+                    round_index=round_index,
                     client_sampling_rate=self.fraction,
-                    participants=participants,
+                    participants=contributors,
                 )
             )
             epsilon = self.ledger.close_round()
+        return _FlowerOutcome(mean, weight, contributors, epsilon)
+
+    def apply(self, round_index: int, outcome: _FlowerOutcome) -> None:
+        vector, layout = flatten_arrays(self._arrays)
+        self._arrays = unflatten_arrays(vector + outcome.mean, layout)
+
+    def run_round(self, grid: Grid, arrays: ArrayRecord, round_number: int) -> ArrayRecord:
+        """One round: sample nodes, run the protocol, apply the securely averaged update.
+
+        Raises:
+            secagg.ThresholdNotMet: too few nodes took part; nothing was released.
+            secagg.PolicyViolation: the session would be below the nodes' policy.
+        """
+        started = time.perf_counter()
+        self._grid, self._arrays, self._round = grid, arrays, _RoundState()
+        record = self.step(round_number)
+        failures = self._round.failures
+        if not record.released:
+            if record.failure is not None:
+                raise record.failure
+            raise secagg.ThresholdNotMet(
+                f"only {len(record.cohort)} nodes can take part in round {round_number}: {failures}"
+            )
+        outcome: _FlowerOutcome = record.outcome
         self.reports.append(
             RoundReport(
                 round=round_number,
-                nodes=tuple(cohort),
-                contributors=tuple(node_of[c] for c in sorted(result.contributors)),
-                mean_update=mean,
-                total_weight=weight,
+                nodes=record.cohort,
+                contributors=outcome.contributors,
+                mean_update=outcome.mean,
+                total_weight=outcome.weight,
                 seconds=time.perf_counter() - started,
                 failures=tuple(failures),
-                epsilon=epsilon,
+                epsilon=outcome.epsilon,
             )
         )
         for failure in failures:
             _LOG.warning("privagg round %d: %s", round_number, failure)
-        return unflatten_arrays(vector + mean, layout)
+        return self._arrays
 
     def _identities(
         self, grid: Grid, round_number: int, cohort: list[int], failures: list[str]
