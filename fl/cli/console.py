@@ -364,6 +364,11 @@ def render_run(output: Output, result: Any) -> None:
         target = summary.get("epsilon_target")
         if target is not None:
             line += f" (target {target:g})"
+        if summary["privacy_level"] == "central":
+            line += (
+                " against everyone but the server, which is trusted with the noise-free sum "
+                "(no guarantee against it)"
+            )
         output.print(line + "; ledger in privacy.json")
         if target is not None and summary["epsilon"] > target * (1 + 1e-9):
             output.warning(
