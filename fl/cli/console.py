@@ -391,11 +391,21 @@ def render_sweep(output: Output, summary: list[dict], *, level: str, delta: floa
     table = Table(
         title=f"Accuracy against epsilon ({level}-level, delta {delta:g})", title_justify="left"
     )
-    for heading in ("epsilon", "runs", "accuracy mean", "std", "min", "max", "epsilon spent"):
+    for heading in (
+        "level",
+        "epsilon",
+        "runs",
+        "accuracy mean",
+        "std",
+        "min",
+        "max",
+        "epsilon spent",
+    ):
         table.add_column(heading, justify="right")
     for entry in summary:
         spent = entry["epsilon_spent"]
         table.add_row(
+            entry.get("level", level),
             "inf (no DP)" if math.isinf(entry["epsilon"]) else f"{entry['epsilon']:g}",
             str(entry["runs"]),
             f"{100 * entry['accuracy_mean']:.1f}%",

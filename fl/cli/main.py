@@ -109,6 +109,19 @@ def _data_spec(text: str) -> dict[str, Any]:
     )
 
 
+def _levels(text: str) -> list[PrivacyLevel]:
+    """``--level``: privacy levels, comma-separated (none is the sweep's reference)."""
+    allowed = [v.value for v in PrivacyLevel if v is not PrivacyLevel.NONE]
+    levels = []
+    for part in text.split(","):
+        if part.strip() not in allowed:
+            raise argparse.ArgumentTypeError(
+                f"must list levels among {', '.join(allowed)} (comma-separated); got {text}"
+            )
+        levels.append(PrivacyLevel(part.strip()))
+    return list(dict.fromkeys(levels))
+
+
 def _output_options() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("output").add_mutually_exclusive_group()
@@ -477,14 +490,25 @@ def _add_sweep_parser(
             "ones resume. Other settings (e.g. more rounds, whose noise would not match the "
             "points' epsilons) are refused: use another --out."
         ),
-        epilog="example:\n  privagg sweep --epsilons 0.5,1,2,4,8,inf --level sample --seeds 3 --jobs 2",
+        epilog=(
+            "examples:\n"
+            "  privagg sweep --epsilons 0.5,1,2,4,8,inf --level sample --seeds 3 --jobs 2\n"
+            "  privagg sweep --epsilons 1,2,4,8,inf --level client,central --clients 100 \\\n"
+            "      --per-round 20 --seeds 2     # client against central level, one plot"
+        ),
         formatter_class=_Formatter,
     )
     sweep.add_argument(
         "--epsilons", default="0.5,1,2,4,8,inf", help="comma-separated targets (inf: no DP)"
     )
     sweep.add_argument(
-        "--level", choices=["sample", "client"], default="sample", help="privacy level"
+        "--level",
+        type=_levels,
+        default=[PrivacyLevel.SAMPLE],
+        metavar="LEVELS",
+        help="privacy level(s), comma-separated: sample, client, central; several levels are "
+        "trained on the same settings and drawn on one plot (e.g. client,central) "
+        "(default: sample)",
     )
     sweep.add_argument(
         "--seeds", type=_positive, default=3, help="repetitions per epsilon (seeds 0..N-1)"
@@ -499,6 +523,11 @@ def _add_sweep_parser(
     )
     sweep.add_argument(
         "--clients", type=int, help=f"clients of every run {_default('training.clients')}"
+    )
+    sweep.add_argument(
+        "--per-round",
+        type=int,
+        help="clients sampled per round in every run (default: unset, training.fraction)",
     )
     sweep.add_argument(
         "--out", metavar="DIR", help="sweep folder (default: a new runs/sweep-<time>)"
@@ -526,32 +555,38 @@ def _sweep(args: argparse.Namespace, output: Output) -> int:
     base = load_config(args.config) if args.config else RunConfig()
     overrides = {
         key: value
-        for key, value in (("training.rounds", args.rounds), ("training.clients", args.clients))
+        for key, value in (
+            ("training.rounds", args.rounds),
+            ("training.clients", args.clients),
+            ("training.per_round", args.per_round),
+        )
         if value is not None
     }
     base = base.with_overrides(overrides)
-    level = PrivacyLevel(args.level)
+    level = args.level
+    names = ",".join(v.value for v in level)
     out = Path(args.out or time.strftime("runs/sweep-%Y%m%d-%H%M%S"))
     points = plan_sweep(
         base, epsilons=parse_epsilons(args.epsilons), level=level, seeds=args.seeds, out=out
     )
     output.print(
-        f"[bold]privagg sweep[/]: {len(points)} runs ({args.level}-level DP), {args.jobs} at a "
+        f"[bold]privagg sweep[/]: {len(points)} runs ({names}-level DP), {args.jobs} at a "
         f"time, in {out}/"
     )
-    output.event("start", out=str(out), runs=len(points), level=args.level, jobs=args.jobs)
+    output.event("start", out=str(out), runs=len(points), level=names, jobs=args.jobs)
 
     def report(row: SweepRow, cached: bool) -> None:
         eps = "inf" if math.isinf(row.epsilon) else f"{row.epsilon:g}"
         note = " (already done)" if cached else f" in {row.wall_seconds:.1f} s"
         output.plain(
-            f"  epsilon {eps:>5} seed {row.seed}: accuracy {100 * row.final_accuracy:.1f}%{note}"
+            f"  {row.level:>7} epsilon {eps:>5} seed {row.seed}: accuracy "
+            f"{100 * row.final_accuracy:.1f}%{note}"
         )
         output.event("point", cached=cached, **row.__dict__)
 
     rows = run_sweep(points, jobs=args.jobs, on_result=report)
     write_outputs(out, rows, level=level)
-    render_sweep(output, summarise(rows), level=args.level, delta=base.privacy.delta)
+    render_sweep(output, summarise(rows), level=names, delta=base.privacy.delta)
     files = ["sweep.csv", "sweep.json", "accuracy_vs_epsilon.png"]
     output.plain(f"written to {out}/: {', '.join(files)}")
     output.event("files", out=str(out), files=files)
