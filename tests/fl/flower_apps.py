@@ -113,4 +113,5 @@ def make_identity_client_app(count: int, *, impostor: int | None = None) -> Clie
 
     app = ClientApp(mods=[make_privagg_mod(identity)])
     app.train()(_train)
+    app.query()(_partition)
     return app

@@ -91,7 +91,9 @@ def test_flower_with_identities_runs_the_consistency_check_and_refuses_impostors
     def main(grid: Grid, context: Context) -> None:
         workflow = PrivaggWorkflow(num_rounds=1, min_nodes=10, allowlist=allowlist)
         nodes = workflow.wait_for_nodes(grid)
-        workflow.dropouts = {nodes[0]: "consistency-check"}
+        partition_of = partitions(grid, nodes)
+        honest = min(nodes, key=lambda node: partition_of[node])  # partition 9 is the impostor
+        workflow.dropouts = {honest: "consistency-check"}
         workflow.run(grid, initial_arrays())
         outcome["report"], outcome["nodes"] = workflow.reports[-1], nodes
 
