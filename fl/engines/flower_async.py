@@ -172,6 +172,8 @@ class AsyncPrivaggWorkflow(PrivaggWorkflow):
         concurrency: C, nodes training at once.
         poll_interval: seconds between polls for arrivals when none came.
         max_wait: seconds without any arrival before giving up (None: wait forever).
+        max_failed_sessions: consecutive sessions that release nothing before giving up (the
+            nodes keep refusing, or keep dropping below the threshold).
         (the other arguments as :class:`~fl.engines.flower.PrivaggWorkflow`; the ``train_config``
         travels with every pull message.)
 
@@ -187,12 +189,17 @@ class AsyncPrivaggWorkflow(PrivaggWorkflow):
     concurrency: int = 10
     poll_interval: float = 0.1
     max_wait: float | None = 600.0
+    max_failed_sessions: int = 3
     version: int = 0
     staleness: list[dict[int, int]] = field(default_factory=list)
     _session_nodes: list[_Arrival] = field(default_factory=list, repr=False)
 
     def _check(self, nodes: Sequence[int]) -> None:
         floor = self._policy.min_clients
+        if self.max_failed_sessions < 1:
+            raise secagg.ConfigurationError(
+                f"max_failed_sessions must be at least 1, got {self.max_failed_sessions}"
+            )
         if self.dp_noise_multiplier is not None:
             raise secagg.ConfigurationError(
                 "client-level DP is not offered asynchronously: its accounting composes "
@@ -251,8 +258,9 @@ class AsyncPrivaggWorkflow(PrivaggWorkflow):
 
     # -- the loop --------------------------------------------------------------------------------
 
-    def _run_buffer(self, grid: Grid, number: int, arrivals: list[_Arrival]) -> None:
-        """One secure-aggregation session among the buffered nodes, reported."""
+    def _run_buffer(self, grid: Grid, number: int, arrivals: list[_Arrival]) -> bool:
+        """One secure-aggregation session among the buffered nodes, reported; whether it
+        released."""
         started = time.perf_counter()
         self._round, self._session_nodes = _RoundState(), arrivals
         before = self.version
@@ -276,6 +284,7 @@ class AsyncPrivaggWorkflow(PrivaggWorkflow):
                 failures=tuple(failures),
             )
         )
+        return released
 
     def run(self, grid: Grid, arrays: ArrayRecord) -> ArrayRecord:
         """Train until ``num_rounds`` sessions have released an update; the final model.
@@ -283,7 +292,8 @@ class AsyncPrivaggWorkflow(PrivaggWorkflow):
         Raises:
             secagg.ConfigurationError: a buffer below the nodes' policy floor, or larger than
                 the concurrency, or more concurrency than nodes.
-            secagg.ThresholdNotMet: no node arrived for ``max_wait`` seconds.
+            secagg.ThresholdNotMet: no node arrived for ``max_wait`` seconds, or
+                ``max_failed_sessions`` sessions in a row released nothing.
         """
         self._grid, self._arrays = grid, arrays
         nodes = self.wait_for_nodes(grid)
@@ -292,6 +302,7 @@ class AsyncPrivaggWorkflow(PrivaggWorkflow):
         idle, in_flight = set(nodes), {}
         buffered: list[_Arrival] = []
         owed, sessions, last_arrival = self.concurrency, 0, time.monotonic()
+        failed_in_a_row = 0
 
         def launch() -> None:
             nonlocal owed
@@ -319,7 +330,13 @@ class AsyncPrivaggWorkflow(PrivaggWorkflow):
             if len(buffered) >= self.buffer:
                 session, buffered = buffered[: self.buffer], buffered[self.buffer :]
                 sessions += 1
-                self._run_buffer(grid, sessions, session)
+                released = self._run_buffer(grid, sessions, session)
+                failed_in_a_row = 0 if released else failed_in_a_row + 1
+                if failed_in_a_row >= self.max_failed_sessions:
+                    raise secagg.ThresholdNotMet(
+                        f"{failed_in_a_row} sessions in a row released nothing (last: "
+                        f"{'; '.join(self.reports[-1].failures) or 'no reason given'})"
+                    )
                 idle.update(arrival.node for arrival in session)
                 launch()  # on the updated model
                 last_arrival = time.monotonic()

@@ -81,7 +81,7 @@ def test_nodes_weigh_their_kept_update_by_their_own_staleness(monkeypatch):
 
     def session(grid_, number, arrivals):
         spy.encoded.append({})
-        original(grid_, number, arrivals)
+        return original(grid_, number, arrivals)
 
     workflow._run_buffer = session
     final = workflow.run(grid, initial_arrays())
@@ -183,3 +183,50 @@ def test_async_workflow_on_flowers_simulation_engine():
     assert any(value > 0 for staleness in workflow.staleness for value in staleness.values())
     vector, _ = flatten_arrays(outcome["final"])
     assert np.allclose(vector, sum(r.mean_update for r in workflow.reports), atol=1e-6)
+
+
+class _CarelessServer(AsyncPrivaggWorkflow):
+    """A server that skips its own checks and forms sessions of two nodes."""
+
+    def _check(self, nodes):
+        pass
+
+    def ready(self, round_index, cohort):
+        return True
+
+
+@pytest.mark.parametrize("floor", [None, 2], ids=["default-nodes", "weakened-nodes"])
+def test_a_server_forming_tiny_buffers_learns_nothing_from_nodes_that_hold_their_floor(floor):
+    """A malicious server forms buffers of two nodes, one of them its own (it knows that
+    node's update), to read the other's update off the sum. Nodes holding the default policy
+    (sessions of at least 5) refuse at the first message and nothing is released; nodes whose
+    floor was lowered to 2 take part, and the server recovers the target's weighed update from
+    the released sum (the attack works where the condition K >= policy floor is broken)."""
+    extra = {} if floor is None else {"privagg-min-clients": floor}
+    app = ClientApp(mods=[make_async_mod()])
+    app.train()(_train)
+    grid = AsyncInlineGrid(app, partition_configs(4, **extra), lambda node: 1)
+    server = _CarelessServer(
+        num_rounds=1,
+        min_nodes=4,
+        buffer=2,
+        concurrency=2,
+        poll_interval=0.0,
+        max_wait=0.5,
+        rounding_seed="attack",
+        client_policy=secagg.ClientPolicy.permissive(),
+    )
+    if floor is None:
+        with pytest.raises(secagg.ThresholdNotMet):
+            server.run(grid, initial_arrays())
+        assert server.reports and all(not r.contributors for r in server.reports)
+        assert all("POLICY_VIOLATION" in " ".join(r.failures) for r in server.reports)
+        return
+    server.run(grid, initial_arrays())
+    report = server.reports[0]
+    target, colluder = report.contributors
+    known, known_weight = node_update(colluder)
+    _, target_weight = node_update(target)
+    recovered = (report.mean_update * report.total_weight - known * known_weight) / target_weight
+    expected, _ = node_update(target)
+    assert np.allclose(recovered, expected, atol=1e-3)  # staleness 0: weight 1
