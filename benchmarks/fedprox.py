@@ -10,6 +10,11 @@ clients for every method): FedAvg drops them; FedProx averages their partial wor
 epochs), with mu = 0 and with mu = 1. Aggregation in the clear and no dropouts, as in the paper
 (it studies optimisation; secure aggregation gives the same means up to 2^-16).
 
+This project refuses a round of fewer than ``training.min_clients`` (at least 2) clients: a
+"mean" of one update is that update. With 90% stragglers FedAvg keeps 1 of its 10 clients, so
+none of its rounds releases (the plot's legend says how many did); the paper's FedAvg averages
+that one client. Run ``--stragglers 0.5`` to compare with FedAvg on rounds it can release.
+
 Per round: the training loss of the global model (the weighted objective f(w) = sum_k p_k F_k(w)
 over all training examples, as the paper plots) and the test accuracy. Prints one JSON object
 per method (final and best values, and the rounds run) and writes one PNG with both panels.
@@ -86,6 +91,7 @@ def run_method(args: tuple[str, dict, int, float, int]) -> dict:
     return {
         "method": label,
         "rounds": rounds,
+        "released_rounds": sum(not m.failed for m in result.history),
         "stragglers": stragglers,
         "train_loss": losses,
         "test_accuracy": accuracy,
@@ -106,8 +112,11 @@ def plot(results: list[dict], path: Path) -> None:
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     for result in results:
         rounds = range(1, len(result["train_loss"]) + 1)
-        left.plot(rounds, result["train_loss"], label=result["method"])
-        right.plot(rounds, [100 * a for a in result["test_accuracy"]], label=result["method"])
+        label = result["method"]
+        if result["released_rounds"] < result["rounds"]:  # rounds left with too few clients
+            label += f" ({result['released_rounds']} of {result['rounds']} rounds released)"
+        left.plot(rounds, result["train_loss"], label=label)
+        right.plot(rounds, [100 * a for a in result["test_accuracy"]], label=label)
     stragglers = results[0]["stragglers"]
     left.set(xlabel="round", ylabel="training loss", yscale="log")
     right.set(xlabel="round", ylabel="test accuracy (%)")
