@@ -24,9 +24,9 @@ import time
 def measure(accountant: str, epsilon: float, rounds: int) -> dict:
     """Calibrate and keep the ledger in this process; returns the measurements."""
     from dp.ledger import PrivacyLedger, PrivacyLevel
-    from fl.config import RunConfig
-    from fl.data import build_federated_data
-    from fl.privacy import plan_sample_level
+    from fl.core.config import RunConfig
+    from fl.core.data import build_federated_data
+    from fl.core.privacy import plan_sample_level
 
     config = RunConfig().with_overrides(
         {

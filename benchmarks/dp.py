@@ -26,11 +26,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from dp.local import train_privately
-from fl.client import train_locally
-from fl.config import TrainingConfig
-from fl.data import load_digits_arrays
-from fl.models import CNN
-from fl.params import to_vector
+from fl.core.config import TrainingConfig
+from fl.core.data import load_digits_arrays
+from fl.core.models import CNN
+from fl.core.params import to_vector
+from fl.core.training import train_locally
 
 BATCH, NOISE, CLIP, LR = 64, 1.0, 1.0, 0.1
 

@@ -58,7 +58,7 @@ def run(name: str, clients: int, dim: int, dropout: float) -> dict:
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
 
-    from fl.flower import PrivaggWorkflow, privagg_mod
+    from fl.engines.flower import PrivaggWorkflow, privagg_mod
 
     delta = np.full(dim, 0.01, dtype=np.float32)
     timing = {}

@@ -12,7 +12,7 @@ mechanism); a lower bound far below it says nothing about the claim's tightness.
 the delta = 0 form of the theorem: with a claimed delta > 0 the true test allows roughly an
 extra m * delta probability of correct guesses, which is small (0.005 for m = 500, delta = 1e-5)
 next to beta = 0.05 but not modelled here. This module is pure math; the training experiment is
-:func:`fl.audit.run_canary_audit`.
+:func:`fl.core.audit.run_canary_audit`.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 import secagg
-from fl.aggregation import ClientUpdate, secure_weighted_mean
+from fl.core.aggregation import ClientUpdate, secure_weighted_mean
 from fl.errors import ClippedValuesWarning, InputError
 
 __all__ = ["DEFAULT_RANGE", "Layout", "flatten", "secure_average", "unflatten"]

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from fl.cli import build_parser, main
-from fl.config import RunConfig
-from fl.simulation import run_federation
+from fl.core.config import RunConfig
+from fl.engines.inprocess import run_federation
 
 SMALL = ["--clients", "6", "--rounds", "2"]
 

@@ -14,6 +14,7 @@ MODULES = sorted(
     info.name
     for package in (secagg, dp, fl)
     for info in pkgutil.walk_packages(package.__path__, package.__name__ + ".")
+    if not info.name.endswith(".__main__")  # running it is the command itself
 )
 
 

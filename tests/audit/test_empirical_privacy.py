@@ -13,8 +13,8 @@ from dp.audit import (
     max_refutable_epsilon,
 )
 from dp.errors import PrivacyConfigError
-from fl.audit import MAX_SAMPLE_CANARIES, audit_size, run_canary_audit, run_client_canary_audit
-from fl.config import RunConfig
+from fl.core.audit import MAX_SAMPLE_CANARIES, audit_size, run_canary_audit, run_client_canary_audit
+from fl.core.config import RunConfig
 
 
 def _claim_holds(result) -> bool:
@@ -71,7 +71,7 @@ def test_privagg_audit_of_a_client_level_config_audits_canary_clients():
     """The report audits the configuration it is given: a client-level config runs the
     client-level canary audit (not a non-DP model), reports its progress, and states how much
     the audit can refute."""
-    from fl.audit_report import build_report, render_markdown
+    from fl.cli.audit_report import build_report, render_markdown
 
     config = RunConfig().with_overrides(
         {"privacy.level": "client", "privacy.epsilon": 3.0, "training.rounds": 3}

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import secagg
-from fl.aggregation import (
+from fl.core.aggregation import (
     ClientUpdate,
     contributes_in_the_clear,
     plain_weighted_mean,

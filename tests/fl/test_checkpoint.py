@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-import fl.checkpoint
-from fl.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+import fl.core.checkpoint
+from fl.core.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fl.core.report import RoundMetrics
 from fl.errors import CheckpointError
-from fl.report import RoundMetrics
 
 
 def _metrics(round_number):
@@ -47,7 +47,7 @@ def test_a_crash_between_writes_leaves_the_previous_checkpoint(tmp_path, monkeyp
     """Killed after any of the writes of round 3 (model, state, before the manifest), the
     folder still loads round 2, intact: the manifest is written last."""
     save_checkpoint(tmp_path, _checkpoint(2))
-    real_write = fl.checkpoint.atomic_write
+    real_write = fl.core.checkpoint.atomic_write
     calls = []
 
     def crashing(path, data):
@@ -56,7 +56,7 @@ def test_a_crash_between_writes_leaves_the_previous_checkpoint(tmp_path, monkeyp
         calls.append(path)
         real_write(path, data)
 
-    monkeypatch.setattr(fl.checkpoint, "atomic_write", crashing)
+    monkeypatch.setattr(fl.core.checkpoint, "atomic_write", crashing)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(tmp_path, _checkpoint(3, value=2.0))
     monkeypatch.undo()

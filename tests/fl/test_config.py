@@ -2,7 +2,7 @@
 
 import pytest
 
-from fl.config import ModelName, RunConfig, load_config, parse_toml
+from fl.core.config import ModelName, RunConfig, load_config, parse_toml
 from fl.errors import ConfigError
 
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from fl.config import DataConfig
-from fl.data import (
+from fl.core.config import DataConfig
+from fl.core.data import (
     arrays_from_dataset,
     build_federated_data,
     load_npz,

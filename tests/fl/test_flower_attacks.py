@@ -13,9 +13,9 @@ import pytest
 
 pytest.importorskip("flwr", reason="the Flower tests need the optional extra privagg[flower]")
 
-import fl.flower as flower
+import fl.engines.flower as flower
 import secagg
-from fl.flower import PrivaggWorkflow, flatten_arrays
+from fl.engines.flower import PrivaggWorkflow, flatten_arrays
 from tests.fl.flower_apps import initial_arrays, make_client_app, node_update
 from tests.fl.inline_grid import InlineGrid, partition_configs
 

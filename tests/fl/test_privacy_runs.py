@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from dp.ledger import PrivacyLedger, PrivacyLevel, SampleLevelEntry
-from fl.config import RunConfig
+from fl.cli.sweep import parse_epsilons, plan_sweep, run_sweep, summarise, write_outputs
+from fl.core.config import RunConfig
+from fl.engines.inprocess import run_federation
 from fl.errors import ConfigError
-from fl.simulation import run_federation
-from fl.sweep import parse_epsilons, plan_sweep, run_sweep, summarise, write_outputs
 
 
 def _config(tmp_path, name="run", **overrides):
@@ -211,7 +211,7 @@ def _default_sample_level(**overrides):
     config = RunConfig().with_overrides(
         {"privacy.level": "sample", "privacy.epsilon": 1.5, **overrides}
     )
-    from fl.data import build_federated_data
+    from fl.core.data import build_federated_data
 
     return config, build_federated_data(
         config.data, clients=config.training.clients, seed=config.seed
@@ -230,7 +230,7 @@ def test_run_dp_sample_with_prv_accountant_calibrates_within_twice_rdp_time():
 
     from opacus.accountants import PRVAccountant
 
-    from fl.privacy import COUNT_NOISE_STD, plan_sample_level
+    from fl.core.privacy import COUNT_NOISE_STD, plan_sample_level
 
     config, data = _default_sample_level(**{"privacy.accountant": "prv"})
     released = PrivacyLedger(level=PrivacyLevel.SAMPLE, delta=1e-5, accountant="prv")
@@ -276,7 +276,7 @@ def test_run_dp_sample_calibration_prints_progress_lines_when_stdout_is_not_a_te
     import io
     import re
 
-    from fl.privacy import LineProgress, plan_sample_level
+    from fl.core.privacy import LineProgress, plan_sample_level
 
     config, data = _default_sample_level()
     stream = io.StringIO()
@@ -350,17 +350,17 @@ def test_client_level_runs_with_the_same_seed_draw_different_secret_cohorts(tmp_
         calls.append(bound)
         return original(bound)
 
-    import fl.rounds
+    import fl.engines.federation
 
     first = run_federation(_client_level(tmp_path, "a"))
     second = run_federation(_client_level(tmp_path, "b"))
     assert _participants(first) != _participants(second)
     assert all(len(p) >= 2 for p in _participants(first))
     try:
-        fl.rounds.secrets.randbelow = recording
+        fl.engines.federation.secrets.randbelow = recording
         run_federation(_client_level(tmp_path, "c", **{"training.rounds": 1}))
     finally:
-        fl.rounds.secrets.randbelow = original
+        fl.engines.federation.secrets.randbelow = original
     assert len(calls) >= 10  # one Bernoulli(q) per eligible client
 
 
@@ -400,7 +400,7 @@ def test_client_level_target_holds_against_the_server_with_a_participation_cap(t
     over the participation cap the cohort sampling enforces (and every cohort size the Poisson
     draw may give), so the run ends within the target whoever was sampled, and no client took
     part more often than the cap."""
-    from fl.privacy import participation_cap
+    from fl.core.privacy import participation_cap
 
     config = _client_level(
         tmp_path,
@@ -422,15 +422,15 @@ def test_client_level_target_holds_against_the_server_with_a_participation_cap(t
 def test_max_epsilon_checks_the_round_s_actual_cohort(tmp_path, monkeypatch):
     """The budget check before a round prices the cohort that round actually drew (its size and
     members), not the expected one, and the round then runs with exactly that cohort."""
-    import fl.rounds
+    import fl.engines.federation
 
     drawn = iter([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [2, 3], [1, 2, 3, 4, 5, 6, 7, 8]])
-    monkeypatch.setattr(fl.rounds, "poisson_cohort", lambda clients, rate: next(drawn))
+    monkeypatch.setattr(fl.engines.federation, "poisson_cohort", lambda clients, rate: next(drawn))
     result = run_federation(_client_level(tmp_path, **{"privacy.max_epsilon": 1000.0}))
     assert [m.sampled for m in result.history] == [10, 2, 8]
     ledger = json.loads((result.out / "privacy.json").read_text())
     assert [len(e["participants"]) for e in ledger["client_entries"]] == [10, 2, 8]
-    from fl.privacy import ClientLevelPlan, client_encoder
+    from fl.core.privacy import ClientLevelPlan, client_encoder
 
     shares = [e["noise_shares"] for e in ledger["client_entries"]]
     config = _client_level(tmp_path)
@@ -445,11 +445,11 @@ def test_max_epsilon_stops_before_the_cohort_that_would_pass_it(tmp_path, monkey
     """With a budget of exactly two rounds for any one client, the run stops at the first round
     whose drawn cohort holds a client that already took part twice, and the server-facing
     epsilon never passes the budget."""
-    import fl.rounds
+    import fl.engines.federation
 
     low_rate = {"training.fraction": 0.2}  # observers' epsilon stays far below the server's
     drawn = iter([[1, 2], [1, 3], [2, 3], [1, 4]])
-    monkeypatch.setattr(fl.rounds, "poisson_cohort", lambda clients, rate: next(drawn))
+    monkeypatch.setattr(fl.engines.federation, "poisson_cohort", lambda clients, rate: next(drawn))
     probe = run_federation(_client_level(tmp_path, "probe", **{"training.rounds": 1, **low_rate}))
     one_round = json.loads((probe.out / "privacy.json").read_text())["client_entries"][0]
     from dp.accounting import RdpAccountant, SkellamEvent
@@ -459,7 +459,7 @@ def test_max_epsilon_stops_before_the_cohort_that_would_pass_it(tmp_path, monkey
     )
     budget = RdpAccountant().compose(inner, 2).get_epsilon(1e-5) * 1.0001
     drawn = iter([[1, 2], [1, 3], [2, 3], [1, 4]])
-    monkeypatch.setattr(fl.rounds, "poisson_cohort", lambda clients, rate: next(drawn))
+    monkeypatch.setattr(fl.engines.federation, "poisson_cohort", lambda clients, rate: next(drawn))
     result = run_federation(
         _client_level(tmp_path, **{"training.rounds": 4, "privacy.max_epsilon": budget, **low_rate})
     )
@@ -480,7 +480,7 @@ def test_client_level_released_sum_carries_the_target_variance_after_colluders(t
 
     import secagg
     from dp.samplers import sample_skellam
-    from fl.privacy import ClientLevelPlan, client_encoder
+    from fl.core.privacy import ClientLevelPlan, client_encoder
     from secagg.randomness import DeterministicRandom
 
     config = _client_level(tmp_path)
@@ -509,7 +509,7 @@ def test_client_level_run_with_few_clients_warns_before_round_1(tmp_path):
     import re
 
     from dp.errors import PrivacyWarning
-    from fl.privacy import plan_client_level
+    from fl.core.privacy import plan_client_level
 
     config = RunConfig().with_overrides(
         {"privacy.level": "client", "privacy.epsilon": 2.0, "out": str(tmp_path / "run")}
@@ -532,8 +532,8 @@ def test_sample_level_run_releases_nothing_that_depends_on_exact_record_counts(t
     steps), the averaging weights and the expected batch are identical, so everything the
     server sees depends on the count only through the noisy count, which the ledger charges
     (a discrete Gaussian of sensitivity 1, once per client)."""
-    from fl.data import FederatedData, build_federated_data
-    from fl.privacy import COUNT_NOISE_STD, plan_sample_level
+    from fl.core.data import FederatedData, build_federated_data
+    from fl.core.privacy import COUNT_NOISE_STD, plan_sample_level
 
     config = RunConfig().with_overrides(
         {"training.clients": 5, "privacy.level": "sample", "privacy.noise_multiplier": 1.0}
@@ -560,17 +560,17 @@ def test_sample_level_run_releases_nothing_that_depends_on_exact_record_counts(t
 def test_sample_level_run_decodes_the_sum_of_noisy_counts(tmp_path, monkeypatch):
     """The secure sum's decoded total weight is the sum of the contributors' released noisy
     counts, never the exact record total; privacy.json holds the count releases."""
-    import fl.rounds
+    import fl.engines.federation
 
     totals = []
-    original = fl.rounds.secure_weighted_mean
+    original = fl.engines.federation.secure_weighted_mean
 
     def spy(updates, **kwargs):
         outcome = original(updates, **kwargs)
         totals.append((outcome.total_weight, {u: updates[u].weight for u in outcome.contributors}))
         return outcome
 
-    monkeypatch.setattr(fl.rounds, "secure_weighted_mean", spy)
+    monkeypatch.setattr(fl.engines.federation, "secure_weighted_mean", spy)
     result = run_federation(
         _config(tmp_path, **{"privacy.level": "sample", "privacy.noise_multiplier": 1.0})
     )
@@ -590,7 +590,7 @@ def test_dp_sgd_noise_is_seeded_with_64_bit_secrets_from_the_os(tmp_path, monkey
     import os
 
     import dp.local
-    import fl.rounds
+    import fl.engines.federation
 
     requested, seeds = [], []
     real_urandom, real_seeds = os.urandom, dp.local._generator_seeds
@@ -604,7 +604,7 @@ def test_dp_sgd_noise_is_seeded_with_64_bit_secrets_from_the_os(tmp_path, monkey
         seeds.extend(pair)
         return pair
 
-    monkeypatch.setattr(fl.rounds.os, "urandom", urandom)
+    monkeypatch.setattr(fl.engines.federation.os, "urandom", urandom)
     monkeypatch.setattr(dp.local, "_generator_seeds", generator_seeds)
     run_federation(
         _config(
@@ -614,3 +614,12 @@ def test_dp_sgd_noise_is_seeded_with_64_bit_secrets_from_the_os(tmp_path, monkey
     )
     assert 16 in requested and len(seeds) == 10
     assert max(seeds) >= 2**56 and max(seeds) < 2**64
+
+
+def test_client_level_noise_follows_the_run_s_policy(tmp_path):
+    """The noise shares are sized with the [policy] of the run (here: no colluder assumed, so
+    t - c = t), the same policy the clients check the session against."""
+    result = run_federation(_client_level(tmp_path, **{"policy.corrupt_fraction": 0.0}))
+    entries = json.loads((result.out / "privacy.json").read_text())["client_entries"]
+    assert entries and all(e["corrupt"] == 0 for e in entries)
+    assert all(e["noise_shares"] == e["threshold"] for e in entries)

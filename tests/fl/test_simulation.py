@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 import secagg
-from fl.config import RunConfig
+from fl.core.config import RunConfig
+from fl.engines.federation import draw_dropouts
+from fl.engines.inprocess import run_federation
 from fl.errors import ConfigError, FLError, NonFiniteUpdateWarning
-from fl.rounds import draw_dropouts
-from fl.simulation import run_federation
 
 
 def _config(tmp_path, name="run", **overrides):
@@ -86,7 +86,7 @@ def test_secure_and_plaintext_runs_agree_within_quantisation(tmp_path):
 def test_dropouts_in_every_phase_are_survived(tmp_path, phase, monkeypatch):
     """While at least t clients remain (and each keeps its policy's neighbourhood floor), a round
     survives dropouts in any phase: 7 clients, t = 5, two drop."""
-    import fl.rounds as simulation
+    import fl.engines.federation as simulation
 
     monkeypatch.setattr(
         simulation, "draw_dropouts", lambda cohort, *_a, **_k: {cohort[0]: phase, cohort[1]: phase}
@@ -103,7 +103,7 @@ def test_dropouts_in_every_phase_are_survived(tmp_path, phase, monkeypatch):
 
 def test_too_many_dropouts_fail_the_round_but_not_the_run(tmp_path, monkeypatch):
     """Below the threshold the round is recorded as failed and the model is unchanged."""
-    import fl.rounds as simulation
+    import fl.engines.federation as simulation
 
     monkeypatch.setattr(
         simulation,
@@ -176,18 +176,18 @@ def test_diverging_clients_are_left_out_and_json_stays_valid(tmp_path, secure):
 def test_one_diverging_client_is_dropped_and_the_round_goes_on(tmp_path, secure, monkeypatch):
     """A single client whose update is NaN is left out of the mean; the others are averaged
     and the model stays finite."""
-    import fl.rounds
+    import fl.engines.federation
 
-    train = fl.rounds.train_locally
+    train = fl.engines.federation.train_locally
 
     def diverging(*args, **kwargs):
         local = train(*args, **kwargs)
-        if kwargs["generator"].initial_seed() == fl.rounds.stream_seed(0, 0, 2):
+        if kwargs["generator"].initial_seed() == fl.engines.federation.stream_seed(0, 0, 2):
             local.update.vector[0] = np.nan
         return local
 
-    monkeypatch.setattr(fl.rounds, "train_locally", diverging)
-    monkeypatch.setattr(fl.rounds, "draw_dropouts", lambda *_a, **_k: {})
+    monkeypatch.setattr(fl.engines.federation, "train_locally", diverging)
+    monkeypatch.setattr(fl.engines.federation, "draw_dropouts", lambda *_a, **_k: {})
     config = _config(
         tmp_path, **{"training.rounds": 1, "training.clients": 6, "secure.enabled": secure}
     )
@@ -200,17 +200,17 @@ def test_one_diverging_client_is_dropped_and_the_round_goes_on(tmp_path, secure,
 
 def test_failed_round_records_the_real_dropouts(tmp_path, monkeypatch):
     """A failed round was logged as dropped = cohort, bytes up = 0: now it records the clients
-    that really dropped out (4 of 6), and traffic as unmeasured (null), not zero."""
-    import fl.rounds
+    that really dropped out (4 of 6), and the bytes the protocol moved before it ended."""
+    import fl.engines.federation
 
     monkeypatch.setattr(
-        fl.rounds,
+        fl.engines.federation,
         "draw_dropouts",
         lambda cohort, *_a, **_k: dict.fromkeys(cohort[:4], secagg.Phase.SHARE_KEYS),
     )
     result = run_federation(_config(tmp_path, **{"training.rounds": 1}))
     (metrics,) = result.history
     assert metrics.failed and metrics.sampled == 6
-    assert metrics.dropped == 4 and metrics.bytes_up is None
+    assert metrics.dropped == 4 and metrics.bytes_up > 0 and metrics.bytes_down > 0
     line = json.loads((result.out / "metrics.jsonl").read_text())
-    assert line["dropped"] == 4 and line["bytes_up"] is None
+    assert line["dropped"] == 4 and line["bytes_up"] == metrics.bytes_up

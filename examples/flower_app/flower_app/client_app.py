@@ -5,7 +5,7 @@ from __future__ import annotations
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fl.flower import privagg_mod
+from fl.engines.flower import privagg_mod
 
 app = ClientApp(mods=[privagg_mod])
 
@@ -15,8 +15,8 @@ def train(msg: Message, context: Context) -> Message:
     """Train from the global model on this node's partition; the mod masks the update."""
     import torch  # only training needs torch: the protocol's other messages stay light
 
-    from fl.client import train_locally
-    from fl.params import to_vector
+    from fl.core.params import to_vector
+    from fl.core.training import train_locally
     from flower_app import task
 
     partition = int(context.node_config["partition-id"])

@@ -8,7 +8,7 @@ import logging
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fl.flower import PrivaggWorkflow
+from fl.engines.flower import PrivaggWorkflow
 from flower_app import task
 from secagg import ClientPolicy
 

@@ -6,10 +6,10 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
-from fl.config import DataConfig, TrainingConfig
-from fl.data import FederatedData, build_federated_data
-from fl.models import MLP
-from fl.server import FedAvgServer
+from fl.algorithms.fedavg import FedAvgServer
+from fl.core.config import DataConfig, TrainingConfig
+from fl.core.data import FederatedData, build_federated_data
+from fl.core.models import MLP
 
 
 def model() -> torch.nn.Module:

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fl.core.report import RoundMetrics, atomic_write
 from fl.errors import CheckpointError
-from fl.report import RoundMetrics, atomic_write
 
 __all__ = ["MANIFEST_FILE", "Checkpoint", "load_checkpoint", "save_checkpoint"]
 
@@ -69,7 +69,7 @@ def _sha256(data: bytes) -> str:
 def save_checkpoint(folder: Path, checkpoint: Checkpoint) -> None:
     """Write the round's files, then the manifest naming them, then remove older rounds' files.
 
-    Each write replaces its file atomically (see :func:`fl.report.atomic_write`).
+    Each write replaces its file atomically (see :func:`fl.core.report.atomic_write`).
     """
     rounds = checkpoint.completed_rounds
     store = folder / _FOLDER

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from dp.ledger import ClientLevelEntry, PrivacyLedger, SampleLevelEntry
-from fl.config import RunConfig
+from fl.core.config import RunConfig
 from fl.errors import BudgetError
 
 __all__ = ["check_extension", "epsilon_spent", "projected_epsilon"]

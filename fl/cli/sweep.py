@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dp.ledger import PrivacyLevel
-from fl.checkpoint import MANIFEST_FILE, load_checkpoint
-from fl.config import RunConfig, parse_toml
+from fl.core.checkpoint import MANIFEST_FILE, load_checkpoint
+from fl.core.config import RunConfig, parse_toml
+from fl.core.report import json_safe, read_summary
 from fl.errors import ConfigError, FLError, OutputError
-from fl.report import json_safe, read_summary
 
 __all__ = ["SweepPoint", "SweepRow", "parse_epsilons", "plan_sweep", "run_sweep", "summarise"]
 
@@ -111,7 +111,7 @@ def check_points(points: Sequence[SweepPoint]) -> None:
     Raises:
         OutputError: a folder that cannot be resumed as this point (the message says why).
     """
-    from fl.run_folder import check_output, resume_config
+    from fl.core.run_folder import check_output, resume_config
 
     for point in points:
         config = parse_toml(point.config_toml)
@@ -167,7 +167,7 @@ def _run_point(point: SweepPoint) -> tuple[SweepRow, list[str]]:
     the training raised (shown by the parent process)."""
     import torch
 
-    from fl.simulation import run_federation
+    from fl.engines.inprocess import run_federation
 
     torch.set_num_threads(1)
     config = parse_toml(point.config_toml)

@@ -41,8 +41,8 @@ from dp.audit import (
     max_refutable_epsilon,
 )
 from dp.ledger import PrivacyLedger, PrivacyLevel, SampleLevelEntry
-from fl.data import load_digits_arrays
-from fl.models import MLP
+from fl.core.data import load_digits_arrays
+from fl.core.models import MLP
 from secagg.randomness import DeterministicRandom, RandomSource
 
 __all__ = ["AuditResult", "audit_size", "run_canary_audit", "run_client_canary_audit"]
@@ -194,7 +194,7 @@ def run_canary_audit(
         seed: replay the canaries and their coin flips (tests); None draws from os.urandom.
         progress: ``progress(epochs done, epochs)``.
     """
-    from fl.params import load_vector, to_vector
+    from fl.core.params import load_vector, to_vector
 
     started = time.perf_counter()
     if noise_multiplier is not None:
@@ -231,8 +231,8 @@ def run_canary_audit(
         count = min(chunk, epochs - first)
         chunk_seed = int(generator.integers(2**62))
         if epsilon is None:
-            from fl.client import train_locally
-            from fl.config import TrainingConfig
+            from fl.core.config import TrainingConfig
+            from fl.core.training import train_locally
 
             training = TrainingConfig(
                 local_epochs=count, batch_size=batch_size, learning_rate=learning_rate
@@ -320,8 +320,8 @@ def _orthonormal_directions(
 
 
 def _model_dimension(config) -> int:
-    from fl.data import build_federated_data
-    from fl.models import build_model
+    from fl.core.data import build_federated_data
+    from fl.core.models import build_model
 
     data = build_federated_data(config.data, clients=config.training.clients, seed=config.seed)
     model = build_model(config.model, features=data.num_features, classes=data.num_classes)
@@ -346,7 +346,7 @@ def run_client_canary_audit(
     exactly (the power the DP-off audit shows); at most one canary per coordinate fits.
 
     Args:
-        config: a client-level :class:`fl.config.RunConfig` (rounds, clients and cohort fix the
+        config: a client-level :class:`fl.core.config.RunConfig` (rounds, clients and cohort fix the
             sampling rate and the participation cap; the privacy section the calibration and
             the mechanism).
         dp: False runs the same rounds without noise (shows the audit's power).
@@ -358,7 +358,7 @@ def run_client_canary_audit(
         progress: ``progress(rounds done, rounds)``.
     """
     from dp.distributed import DistributedNoiseEncoder
-    from fl.privacy import ClientLevelPlan, client_level_claim, plan_client_level
+    from fl.core.privacy import ClientLevelPlan, client_level_claim, plan_client_level
 
     started = time.perf_counter()
     privacy, training = config.privacy, config.training

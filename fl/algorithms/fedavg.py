@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fl.params import load_vector, to_vector
+from fl.core.params import load_vector, to_vector
 
 __all__ = ["FedAvgServer", "sample_cohort"]
 

@@ -98,7 +98,7 @@ def plain_weighted_mean(
     if non_finite:
         raise InputError(
             f"the updates of clients {list(non_finite)} hold NaN or infinite values; leave them "
-            "out (fl.aggregation.finite_updates) instead of averaging them"
+            "out (fl.core.aggregation.finite_updates) instead of averaging them"
         )
     contributors = [u for u in sorted(updates) if contributes_in_the_clear(dropouts.get(u))]
     if not contributors:

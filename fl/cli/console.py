@@ -26,8 +26,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import secagg
-from fl.demo import DemoOutcome
-from fl.report import RoundMetrics, json_safe
+from fl.cli.demo import DemoOutcome
+from fl.core.report import RoundMetrics, json_safe
 
 __all__ = [
     "Output",
@@ -283,7 +283,7 @@ def round_progress(
 
 
 def render_run_start(output: Output, start: Any) -> None:
-    """The header of ``privagg run`` (a :class:`fl.simulation.RunStart`): what will run, and the
+    """The header of ``privagg run`` (a :class:`fl.engines.inprocess.RunStart`): what will run, and the
     privacy budget: target, spent so far, and what an extension past the calibration spends."""
     config, training, privacy = start.config, start.config.training, start.config.privacy
     mode = "secure aggregation" if config.secure.enabled else "plaintext FedAvg"
@@ -341,7 +341,7 @@ def render_run_start(output: Output, start: Any) -> None:
 
 
 def render_run(output: Output, result: Any) -> None:
-    """The closing lines of ``privagg run`` (a :class:`fl.simulation.RunResult`): accuracy,
+    """The closing lines of ``privagg run`` (a :class:`fl.engines.inprocess.RunResult`): accuracy,
     time, privacy spent, and the files written."""
     summary = result.summary
     output.event("summary", out=str(result.out), files=list(result.files), **summary)

@@ -1,7 +1,7 @@
 """``privagg audit``: the guarantee report of a configuration, backed by tests and an audit.
 
 The report states the threat model and parameters of a configuration, runs the empirical
-privacy audit of that configuration (:mod:`fl.audit`: DP-SGD with canary records at sample
+privacy audit of that configuration (:mod:`fl.core.audit`: DP-SGD with canary records at sample
 level, canary clients through the client-level mechanism at client level, training without DP
 when the configuration has none), runs the test suites that back each claim, and writes
 ``audit.md`` and ``audit.json``. Both phases report progress.
@@ -24,8 +24,8 @@ from typing import TextIO
 
 import secagg
 from dp.ledger import PrivacyLevel
-from fl.audit import AuditResult, run_canary_audit, run_client_canary_audit
-from fl.config import RunConfig
+from fl.core.audit import AuditResult, run_canary_audit, run_client_canary_audit
+from fl.core.config import RunConfig
 
 __all__ = [
     "CLAIMS",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fl.config import ModelConfig, ModelName
+from fl.core.config import ModelConfig, ModelName
 from fl.errors import ConfigError
 
 __all__ = ["CNN", "MLP", "build_model", "check_model_fits"]

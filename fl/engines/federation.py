@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,7 +24,8 @@ from torch import nn
 import secagg
 from dp.distributed import DistributedNoiseEncoder
 from dp.ledger import ClientLevelEntry, PrivacyLedger, PrivacyLevel, SampleLevelEntry
-from fl.aggregation import (
+from fl.algorithms.fedavg import FedAvgServer, sample_cohort
+from fl.core.aggregation import (
     AggregateOutcome,
     ClientUpdate,
     contributes_in_the_clear,
@@ -32,15 +34,15 @@ from fl.aggregation import (
     secure_noisy_mean,
     secure_weighted_mean,
 )
-from fl.client import train_locally
-from fl.config import RunConfig
-from fl.data import FederatedData
-from fl.privacy import ClientLevelPlan, SampleLevelPlan, client_encoder
-from fl.report import RoundMetrics
-from fl.server import FedAvgServer, sample_cohort
+from fl.core.config import RunConfig
+from fl.core.data import FederatedData
+from fl.core.privacy import ClientLevelPlan, SampleLevelPlan, client_encoder
+from fl.core.report import RoundMetrics
+from fl.core.training import train_locally
+from fl.engines.base import Engine
 from secagg.randomness import DeterministicRandom, RandomSource, system_random
 
-__all__ = ["Federation", "draw_dropouts", "poisson_cohort", "stream_seed"]
+__all__ = ["Federation", "TrainedCohort", "draw_dropouts", "poisson_cohort", "stream_seed"]
 
 
 def stream_seed(*key: int) -> int:
@@ -68,9 +70,26 @@ def draw_dropouts(
     return dropouts
 
 
+@dataclass(frozen=True, eq=False)
+class TrainedCohort:
+    """What the training step of a round produced.
+
+    Attributes:
+        updates: the finite updates, by client.
+        dropouts: the injected dropouts of the clients in ``updates``.
+        non_finite: the clients whose update was not finite (left out).
+        seconds: the training time, summed over clients.
+    """
+
+    updates: dict[int, ClientUpdate]
+    dropouts: dict[int, secagg.Phase]
+    non_finite: tuple[int, ...]
+    seconds: float
+
+
 @dataclass
-class Federation:
-    """The state a run carries from round to round."""
+class Federation(Engine[TrainedCohort]):
+    """The in-process engine's state from round to round, and its four steps."""
 
     config: RunConfig
     server: FedAvgServer
@@ -80,13 +99,18 @@ class Federation:
     ledger: PrivacyLedger | None = None
     sample_plan: SampleLevelPlan | None = None
     client_plan: ClientLevelPlan | None = None
-    policy: secagg.ClientPolicy = field(default_factory=secagg.ClientPolicy)
     _pending: list[SampleLevelEntry | ClientLevelEntry] = field(default_factory=list)
     _drawn: tuple[int, list[int]] | None = None
+    _dropouts: dict[int, secagg.Phase] = field(default_factory=dict)
 
     @property
     def level(self) -> PrivacyLevel:
         return self.config.privacy.level
+
+    @property
+    def policy(self) -> secagg.ClientPolicy:
+        """The floors every client holds (the run configuration's ``[policy]``)."""
+        return self.config.policy.client_policy()
 
     def _noise_source(self, *key: int) -> RandomSource:
         if self.config.privacy.reproducible_noise:
@@ -224,7 +248,7 @@ class Federation:
             identities=secure.identities,
             dropouts=dropouts,
             round_index=round_index,
-            policy=config.policy.client_policy(),
+            policy=self.policy,
         )
         if self.level is PrivacyLevel.CLIENT:
             encoder = self._client_encoder(len(updates))
@@ -258,8 +282,10 @@ class Federation:
             **protocol,
         )
 
-    def run_round(self, round_index: int) -> RoundMetrics:
-        """One round (``round_index`` is 0-based); the ledger is charged only if a sum is released."""
+    # -- the engine's four steps (fl.engines.base.Engine) ----------------------------------------
+
+    def sample_cohort(self, round_index: int) -> list[int]:
+        """The round's cohort, and the dropouts the simulation injects into it."""
         generator = self._generator(round_index)
         cohort = self.cohort(round_index)
         if self.level is not PrivacyLevel.CLIENT:
@@ -267,52 +293,72 @@ class Federation:
             # dropouts that follow are the ones the seed has always given
             sample_cohort(self.config.training.clients, len(cohort), generator)
         self._drawn = None
-        dropouts = draw_dropouts(
+        self._dropouts = draw_dropouts(
             cohort,
             self.config.secure.dropout,
             identities=self.config.secure.identities,
             generator=generator,
         )
         self._pending = []
-        if not self._runnable(cohort):
-            return self._failed(round_index, cohort, 0.0, dropped=0, traffic=0)
-        updates, train_seconds = {}, 0.0
+        return cohort
+
+    def ready(self, round_index: int, cohort: Sequence[int]) -> bool:
+        return self._runnable(list(cohort))
+
+    def train(self, round_index: int, cohort: Sequence[int]) -> TrainedCohort:
+        """Local training of every sampled client; non-finite updates are left out."""
+        updates, seconds = {}, 0.0
         for client in cohort:
-            updates[client], seconds = self._train(round_index, client)
-            train_seconds += seconds
+            updates[client], took = self._train(round_index, client)
+            seconds += took
         updates, non_finite = finite_updates(updates)
-        dropouts = {u: phase for u, phase in dropouts.items() if u in updates}
-        vanished = sum(not contributes_in_the_clear(phase) for phase in dropouts.values())
-        if len(updates) < self._needed:
-            return self._failed(
-                round_index,
-                cohort,
-                train_seconds,
-                dropped=len(non_finite),
-                traffic=0,
-                non_finite=non_finite,
+        dropouts = {u: phase for u, phase in self._dropouts.items() if u in updates}
+        return TrainedCohort(updates, dropouts, non_finite, seconds)
+
+    def secure_sum(self, round_index: int, trained: TrainedCohort) -> AggregateOutcome:
+        if len(trained.updates) < self._needed:
+            raise secagg.ThresholdNotMet(
+                f"round {round_index + 1}: only {len(trained.updates)} finite updates, "
+                f"{self._needed} needed"
             )
-        try:
-            outcome = self._aggregate(updates, dropouts, round_index)
-        except (secagg.ThresholdNotMet, secagg.PolicyViolation):
-            traffic = None if self.config.secure.enabled else 0  # the protocol reports none
-            return self._failed(
-                round_index,
-                cohort,
-                train_seconds,
-                dropped=vanished + len(non_finite),
-                traffic=traffic,
-                non_finite=non_finite,
-            )
+        return self._aggregate(trained.updates, trained.dropouts, round_index)
+
+    def apply(self, round_index: int, outcome: AggregateOutcome) -> None:
         self.server.apply(outcome.mean)
+
+    def run_round(self, round_index: int) -> RoundMetrics:
+        """One round (``round_index`` is 0-based); the ledger is charged only if a sum is released."""
+        record = self.step(round_index)
+        cohort, trained = list(record.cohort), record.trained
+        if trained is None:
+            return self._failed(round_index, cohort, 0.0, dropped=0, traffic=(0, 0))
+        if not record.released:
+            reached_the_protocol = len(trained.updates) >= self._needed
+            vanished = sum(
+                not contributes_in_the_clear(phase) for phase in trained.dropouts.values()
+            )
+            return self._failed(
+                round_index,
+                cohort,
+                trained.seconds,
+                dropped=len(trained.non_finite) + (vanished if reached_the_protocol else 0),
+                traffic=self._traffic(record.failure) if reached_the_protocol else (0, 0),
+                non_finite=trained.non_finite,
+            )
         return self._metrics(
             round_index,
             cohort,
-            train_seconds,
-            outcome,
+            trained.seconds,
+            record.outcome,
             epsilon=self._charge(),
-            non_finite=non_finite,
+            non_finite=trained.non_finite,
         )
+
+    def _traffic(self, failure: Exception | None) -> tuple[int | None, int | None]:
+        """The bytes a failed round moved: measured by the protocol, none in the clear."""
+        if not self.config.secure.enabled:
+            return 0, 0
+        return getattr(failure, "bytes_up", None), getattr(failure, "bytes_down", None)
 
     def _charge(self) -> float | None:
         if self.ledger is None:
@@ -332,11 +378,12 @@ class Federation:
         train_seconds: float,
         *,
         dropped: int,
-        traffic: int | None,
+        traffic: tuple[int | None, int | None],
         non_finite: tuple[int, ...] = (),
     ) -> RoundMetrics:
         """Nothing was released: the model is unchanged and no privacy is spent. ``dropped``
-        counts the clients that really dropped out; ``traffic`` is None when not measured."""
+        counts the clients that really dropped out; ``traffic`` is (bytes up, bytes down), None
+        where not measured."""
         self._pending = []
         epsilon = self.ledger.repeat_last() if self.ledger is not None else None
         accuracy, loss = self.server.evaluate(self.data.test_x, self.data.test_y)
@@ -346,8 +393,8 @@ class Federation:
             loss=loss,
             sampled=len(cohort),
             dropped=dropped,
-            bytes_up=traffic,
-            bytes_down=traffic,
+            bytes_up=traffic[0],
+            bytes_down=traffic[1],
             secagg_seconds=0.0,
             train_seconds=train_seconds,
             failed=True,

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from fl.aggregation import ClientUpdate
-from fl.config import Optimizer, TrainingConfig
-from fl.params import load_vector, to_vector
+from fl.core.aggregation import ClientUpdate
+from fl.core.config import Optimizer, TrainingConfig
+from fl.core.params import load_vector, to_vector
 
 __all__ = ["LocalResult", "train_locally"]
 

@@ -26,14 +26,14 @@ from torch import nn
 import secagg
 from dp.errors import DPError
 from dp.ledger import PrivacyLedger, PrivacyLevel
-from fl.budget import check_extension, epsilon_spent, projected_epsilon
-from fl.checkpoint import Checkpoint, save_checkpoint
-from fl.config import Device, RunConfig
-from fl.data import build_federated_data
-from fl.errors import CheckpointError, ConfigError, NonFiniteUpdateWarning
-from fl.models import build_model, check_model_fits
-from fl.privacy import plan_client_level, plan_sample_level, spent_summary
-from fl.report import (
+from fl.algorithms.fedavg import FedAvgServer
+from fl.core.budget import check_extension, epsilon_spent, projected_epsilon
+from fl.core.checkpoint import Checkpoint, save_checkpoint
+from fl.core.config import Device, RunConfig
+from fl.core.data import build_federated_data
+from fl.core.models import build_model, check_model_fits
+from fl.core.privacy import plan_client_level, plan_sample_level, spent_summary
+from fl.core.report import (
     RoundMetrics,
     append_metrics,
     plot_training,
@@ -41,15 +41,15 @@ from fl.report import (
     reconcile_metrics,
     write_summary,
 )
-from fl.rounds import Federation
-from fl.run_folder import (
+from fl.core.run_folder import (
     check_output,
     create_output,
     latest_run_folder,
     new_run_folder,
     write_config,
 )
-from fl.server import FedAvgServer
+from fl.engines.federation import Federation
+from fl.errors import CheckpointError, ConfigError, NonFiniteUpdateWarning
 from secagg.encoding import FixedPointEncoder
 
 __all__ = [
@@ -211,7 +211,7 @@ def run_federation(
 
     Raises:
         ConfigError, DataError: invalid settings or data, before round 1.
-        OutputError: the output folder cannot be used (see :func:`fl.run_folder.check_output`).
+        OutputError: the output folder cannot be used (see :func:`fl.core.run_folder.check_output`).
         CheckpointError: the checkpoint to resume does not verify.
         BudgetError: resuming past the calibrated rounds would spend more than the target.
         FLError: resuming with other settings, or fewer rounds than done.

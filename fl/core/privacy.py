@@ -34,8 +34,8 @@ from dp.distributed import DistributedNoiseEncoder
 from dp.errors import PrivacyWarning
 from dp.ledger import ClientLevelEntry, CountEntry, PrivacyLedger, PrivacyLevel, SampleLevelEntry
 from dp.samplers import sample_discrete_gaussian
-from fl.config import RunConfig
-from fl.data import FederatedData
+from fl.core.config import RunConfig
+from fl.core.data import FederatedData
 from fl.errors import ConfigError
 from secagg.randomness import DeterministicRandom, system_random
 

@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fl.checkpoint import MANIFEST_FILE, Checkpoint, load_checkpoint
-from fl.config import RunConfig, parse_toml
+from fl.core.checkpoint import MANIFEST_FILE, Checkpoint, load_checkpoint
+from fl.core.config import RunConfig, parse_toml
+from fl.core.report import METRICS_FILE, SUMMARY_FILE, atomic_write
 from fl.errors import CheckpointError, ConfigError, FLError, OutputError
-from fl.report import METRICS_FILE, SUMMARY_FILE, atomic_write
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import warnings
 from collections.abc import Sequence
 from importlib import metadata
@@ -22,9 +21,9 @@ from dp.accounting import AccountantKind
 from dp.distributed import Mechanism
 from dp.errors import DPError
 from dp.ledger import PrivacyLevel
-from fl.config import Device, ModelName, Partition, RunConfig
-from fl.console import Output, OutputMode, phase_progress, render_aggregation
-from fl.demo import run_aggregation_demo
+from fl.cli.console import Output, OutputMode, phase_progress, render_aggregation
+from fl.cli.demo import run_aggregation_demo
+from fl.core.config import Device, ModelName, Partition, RunConfig
 from fl.errors import FLError, OutputError, UsageError
 
 __all__ = ["build_parser", "main"]
@@ -277,7 +276,7 @@ def _check_privacy_flags(args: argparse.Namespace, level: PrivacyLevel) -> None:
 def _run_config(args: argparse.Namespace) -> RunConfig:
     """The run's configuration: defaults, then --config, then flags; or, resuming, the run's
     own settings with the flags that may change."""
-    from fl.run_folder import latest_run_folder, new_run_folder, resume_config
+    from fl.core.run_folder import latest_run_folder, new_run_folder, resume_config
 
     overrides = {
         key: getattr(args, flag)
@@ -302,7 +301,7 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
             "--allow-overspend applies to --resume only: a new run calibrates its noise for "
             "all its rounds"
         )
-    from fl.config import load_config
+    from fl.core.config import load_config
 
     config = load_config(args.config) if args.config else RunConfig()
     _check_privacy_flags(args, PrivacyLevel(args.dp or config.privacy.level))
@@ -313,8 +312,8 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
 
 
 def _run(args: argparse.Namespace, output: Output) -> int:
-    from fl.console import render_run, render_run_start, round_progress
-    from fl.simulation import check_output, run_federation
+    from fl.cli.console import render_run, render_run_start, round_progress
+    from fl.engines.inprocess import check_output, run_federation
 
     config = _run_config(args)
     check_output(config, resume=args.resume)  # refuse a clash before any slow setup
@@ -388,9 +387,16 @@ def _sweep(args: argparse.Namespace, output: Output) -> int:
     import math
     import time
 
-    from fl.config import load_config
-    from fl.console import render_sweep
-    from fl.sweep import SweepRow, parse_epsilons, plan_sweep, run_sweep, summarise, write_outputs
+    from fl.cli.console import render_sweep
+    from fl.cli.sweep import (
+        SweepRow,
+        parse_epsilons,
+        plan_sweep,
+        run_sweep,
+        summarise,
+        write_outputs,
+    )
+    from fl.core.config import load_config
 
     base = load_config(args.config) if args.config else RunConfig()
     overrides = {
@@ -430,8 +436,8 @@ def _sweep(args: argparse.Namespace, output: Output) -> int:
 def _audit(args: argparse.Namespace, output: Output) -> int:
     from pathlib import Path
 
-    from fl.audit_report import audit_progress, build_report, render_markdown, write_report
-    from fl.config import load_config
+    from fl.cli.audit_report import audit_progress, build_report, render_markdown, write_report
+    from fl.core.config import load_config
 
     config = load_config(args.config) if args.config else RunConfig()
     output.print(
@@ -624,7 +630,3 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{where}{error.strerror or error}; check the path and its permissions",
                 exit_code=2,
             )
-
-
-if __name__ == "__main__":
-    sys.exit(main())
