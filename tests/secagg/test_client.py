@@ -354,3 +354,24 @@ def test_a_restored_client_draws_from_the_random_source_it_is_given():
         for _ in range(2)
     }
     assert len(replies) == 1
+
+
+def test_saving_a_restored_client_gives_back_the_same_state():
+    """Restore is lossless at every stage: saving a restored client gives the bytes it was
+    restored from, and a client that has not stopped records no error (a restored healthy
+    client must not carry a reason to stop into the next save)."""
+    import json
+
+    from secagg import Client
+
+    r = Round(4, threshold=3, neighbours=3)
+    states = [r.clients[1].to_state()]
+    outgoing = r.advertise()
+    while outgoing:
+        states.append(r.clients[1].to_state())
+        outgoing = r.step(outgoing)
+    states.append(r.clients[1].to_state())
+    for state in states:
+        assert json.loads(state)["error"] is None
+        restored = Client.from_state(r.config, state, policy=r.policy)
+        assert restored.to_state() == state
