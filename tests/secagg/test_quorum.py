@@ -145,3 +145,25 @@ def test_a_neighbourhood_that_cannot_be_certified_is_reported_with_its_shortfall
     own_count = len((graph[neighbour] | {neighbour}) & (set(signers) | {u}))
     assert short[neighbour] == t - own_count > 0
     assert all(v in signers for v in chosen)
+
+
+def test_the_trusted_signature_is_free_only_in_the_watched_neighbourhoods_that_contain_it():
+    """The checking client's own signature counts once for each watched N[x] it belongs to and
+    nowhere else, when it watches both kinds at once: the choice still certifies the
+    neighbourhood it is not in with t verified signers of that neighbourhood."""
+    config = _config(40, 12)
+    graph, index, t = neighbourhoods(config), neighbour_index(config), config.threshold
+    u = 1
+    inside = min(graph[u])
+    outside = next(v for v in config.client_ids if v != u and u not in graph[v])
+    signers = sorted((graph[inside] | {inside} | graph[outside] | {outside}) - {u})
+    chosen, short = quorum.signers_to_verify(
+        watched=[inside, outside], signers=signers, index=index, threshold=t, trusted=u
+    )
+    assert short == {}
+    in_outside = set(chosen) & (graph[outside] | {outside})
+    assert len(in_outside) >= t
+    after = quorum.shortfalls(
+        watched=[inside, outside], signers=[*chosen, u], index=index, threshold=t
+    )
+    assert after == {}
