@@ -167,3 +167,21 @@ def test_the_trusted_signature_is_free_only_in_the_watched_neighbourhoods_that_c
         watched=[inside, outside], signers=[*chosen, u], index=index, threshold=t
     )
     assert after == {}
+
+
+@pytest.mark.parametrize(("n", "k"), GRAPHS)
+def test_every_chosen_signature_counts_for_a_neighbourhood_that_still_lacked_one(n, k):
+    """No wasted verification (the cost bound in SECURITY.md): each signer in the choice, when
+    taken, was a member of some watched N[x] still short of t signers."""
+    config = _config(n, k)
+    graph, t = neighbourhoods(config), config.threshold
+    rng = np.random.default_rng(2)
+    for u in config.client_ids[:: max(1, n // 10)]:
+        signers = [v for v in config.client_ids if v == u or rng.random() < 0.9]
+        watched = graph[u] | {u}
+        chosen, _ = _choose(config, u, signers)
+        counted = {u}
+        for v in chosen:
+            lacking = [x for x in watched if len((graph[x] | {x}) & counted) < t]
+            assert any(v in graph[x] | {x} for x in lacking), f"signer {v} adds nothing"
+            counted.add(v)
