@@ -108,6 +108,19 @@ def test_consistency_request_that_omits_the_client_is_refused():
         r.clients[1].receive(r.from_server(request))
 
 
+def test_consistency_request_naming_a_neighbour_that_never_shared_keys_is_refused():
+    """U3 is a subset of U2 (Bonawitz et al. 2017, Fig. 4, ConsistencyCheck): a neighbour that
+    sent no shares cannot have sent a masked input, so a U3 naming it is a lie the client
+    refuses before it signs anything."""
+    r = Round(5, threshold=3, neighbours=4, identities=True)
+    requests = r.step(r.step(r.advertise(), skip={2}), skip={2})
+    honest = messages.decode(requests[1], max_bytes=1 << 20).payload
+    assert 2 not in honest.survivors
+    lie = messages.ConsistencyRequest((1, 2, 3, 4, 5))
+    with pytest.raises(InconsistentRequest, match=r"neighbours \[2\] that never shared keys"):
+        r.clients[1].receive(r.from_server(lie))
+
+
 def test_roster_with_a_stranger_or_sybil_is_refused():
     """Rosters may list only cohort members that are neighbours (no injected Sybils)."""
     r = Round(10, threshold=3, neighbours=4)
