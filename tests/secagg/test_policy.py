@@ -266,6 +266,7 @@ def test_policy_values_at_the_edges_of_their_ranges_are_accepted(values):
         ({"corrupt_fraction": True}, "corrupt_fraction must be float"),
         ({"security_bits": 0}, "security_bits must lie in"),
         ({"security_bits": 129}, "security_bits must lie in"),
+        ({"security_bits": 64.0}, "security_bits must be int, got float"),
         ({"max_neighbour_loss": -0.01}, "max_neighbour_loss must lie in"),
         ({"max_neighbour_loss": 1.01}, "max_neighbour_loss must lie in"),
         ({"min_noise_multiplier": -1.0}, "min_noise_multiplier must be finite and >= 0"),
