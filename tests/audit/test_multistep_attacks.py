@@ -68,7 +68,7 @@ def test_a_curious_member_cannot_difference_a_neighbours_vectors_across_steps(de
     for step, x1 in ((0, g), (1, np.zeros(LENGTH, np.uint32))):
         context = StepContext.every_member(config, step=step, length=LENGTH)
         inputs = {i: np.zeros(LENGTH, np.uint32) for i in config.members} | {1: x1}
-        masked, offers = masked_step(members, config, context, inputs)
+        masked, _offers = masked_step(members, config, context, inputs)
         reveal = decision(config, context, Outcome.REVEAL)
         seeds = {i: decode(members[i].reveal(reveal)).payload.seed for i in config.members}
         known = {2: members[2]._pair_secrets[1]}  # the adversary's own pair with member 1
@@ -107,7 +107,7 @@ def test_a_rank_slow_in_one_step_and_not_the_next_keeps_its_gradient(derivation)
     assert np.array_equal(total, zero)  # the released sum of step 0 holds no trace of member 4
 
     step1 = StepContext.every_member(config, step=1, length=LENGTH)
-    masked, offers = masked_step(members, config, step1, {i: zero for i in config.members})
+    masked, _offers = masked_step(members, config, step1, {i: zero for i in config.members})
     reveal = decision(config, step1, Outcome.REVEAL)
     seeds = {i: decode(members[i].reveal(reveal)).payload.seed for i in config.members}
     view_next = _strip(masked[4], config, step1, 4, seeds[4], colluders)

@@ -224,7 +224,7 @@ def test_members_refuse_sessions_and_steps_below_their_policy():
         with pytest.raises(PolicyViolation, match="cohort of 2"):
             make_session((1, 2), policy=policy)
     make_session((1, 2), policy=ClientPolicy(min_clients=2))
-    members, config = make_session((1, 2, 3, 4))
+    members, _config = make_session((1, 2, 3, 4))
     pair = StepContext(step=0, attempt=0, contributors=(1, 2), length=4)
     with pytest.raises(PolicyViolation, match="cohort of 2"):
         members[1].mask(pair, np.zeros(4, np.uint32))
