@@ -72,7 +72,9 @@ def run_ranks(target, world: int, *, timeout: float = 90.0, **kwargs: Any) -> li
         AssertionError: a rank was still running at the deadline (named, with the others'
             results), after every process was stopped.
     """
-    store = dist.TCPStore("127.0.0.1", 0, None, True, timeout=timedelta(seconds=60), wait_for_workers=False)
+    store = dist.TCPStore(
+        "127.0.0.1", 0, None, True, timeout=timedelta(seconds=60), wait_for_workers=False
+    )
     context = mp.get_context("spawn")
     processes = []
     with tempfile.TemporaryDirectory() as out:
@@ -115,5 +117,7 @@ def run_ranks(target, world: int, *, timeout: float = 90.0, **kwargs: Any) -> li
 def values(results: list[RankResult]) -> list[Any]:
     """Every rank's value, after asserting that none raised."""
     failed = [r for r in results if r.error is not None]
-    assert not failed, "\n".join(f"rank {r.rank}: {r.error}: {r.message}\n{r.traceback}" for r in failed)
+    assert not failed, "\n".join(
+        f"rank {r.rank}: {r.error}: {r.message}\n{r.traceback}" for r in failed
+    )
     return [r.value for r in results]

@@ -199,7 +199,9 @@ def asynchronous(rank: int, world: int, *, buffers: int, slow: int) -> dict:
         report = worker.push([torch.full_like(p, float(rank)) for p in model.parameters()])
         if report is None:
             break
-        pushes.append({"buffer": report.buffer, "staleness": report.staleness, "weight": report.weight})
+        pushes.append(
+            {"buffer": report.buffer, "staleness": report.staleness, "weight": report.weight}
+        )
     return {"pushes": pushes}
 
 
@@ -225,7 +227,9 @@ def ddp(rank: int, world: int, *, epochs: int) -> dict:
     finals, reports = {}, []
     for secure in (False, True):
         torch.manual_seed(0)
-        model = DistributedDataParallel(nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)))
+        model = DistributedDataParallel(
+            nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+        )
         state = register_secure_hook(model, timeout=10.0) if secure else None
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         for _ in range(epochs):
@@ -256,5 +260,7 @@ def ddp(rank: int, world: int, *, epochs: int) -> dict:
             {"released": r.released, "cohort": list(r.cohort), "failure": repr(r.failure)}
             for r in records
         ],
-        "engine_parameters": torch.cat([p.detach().reshape(-1) for p in engine_model.parameters()]).tolist()[:5],
+        "engine_parameters": torch.cat(
+            [p.detach().reshape(-1) for p in engine_model.parameters()]
+        ).tolist()[:5],
     }

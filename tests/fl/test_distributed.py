@@ -13,8 +13,6 @@ import pytest
 from tests.fl import distributed_workers as workers
 from tests.fl.distributed_harness import run_ranks, values
 
-pytest.importorskip("sklearn")
-
 
 def test_the_secure_sum_equals_all_reduce_within_the_encoding_bound_over_50_steps():
     """secure_all_reduce replaces dist.all_reduce(op=SUM): over 50 steps of three gradient
@@ -66,7 +64,10 @@ def test_a_rank_killed_at_a_random_step_never_hangs_the_others():
         failing = log[at_step]
         assert failing["seconds"] < 3 * workers.TIMEOUT + 6, (scenario, failing)
         if point == "seed":  # the sum was complete: its seed is rebuilt, its input stays in
-            assert failing["value"] == 10.0 and failing["recovered"] == [victim], (scenario, failing)
+            assert failing["value"] == 10.0 and failing["recovered"] == [victim], (
+                scenario,
+                failing,
+            )
         else:  # retried without it, in a new session
             assert failing["value"] == 10.0 - (victim + 1), (scenario, failing)
             assert failing["retried"] == 1 and failing["contributors"] == survivors

@@ -18,8 +18,6 @@ its own process group, which a lost rank breaks: use :class:`~.engine.Distribute
 :func:`~.allreduce.secure_all_reduce` in your loop where ranks may be lost.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 import torch
@@ -43,6 +41,9 @@ class SecureHookState:
         self.average = average
         self.last_report: ReduceReport | None = None
         self._pending: list[tuple[int, torch.Tensor, torch.futures.Future]] = []
+
+
+# No ``from __future__ import annotations`` here: DDP checks the hook's annotations as objects.
 
 
 def secure_allreduce_hook(
