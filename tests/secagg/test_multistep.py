@@ -349,3 +349,51 @@ def test_a_message_of_another_kind_or_version_is_refused():
         decode(data[:4] + b"\x09" + data[5:])
     with pytest.raises(MalformedMessage, match="bad magic"):
         decode(b"XXXX" + data[4:])
+
+
+def _slow_then_on_time_attack(members, config, inputs) -> bool:
+    """The aggregator's attack on a member that is slow at step 0 and on time at step 1.
+
+    At step 0 the aggregator obtains member 1's pairwise seeds of that step (what a protocol
+    that unmasks a slow member must hand out); at step 1 member 1 is on time, so its self-mask
+    seed is revealed as usual. The aggregator removes both from member 1's masked vector of
+    step 1 and checks whether member 1's input comes out."""
+    from secagg.hazmat.prg import MaskTerm, accumulate
+    from secagg.multistep import keys
+
+    step0 = StepContext.every_member(config, step=0, length=4096)
+    step1 = StepContext.every_member(config, step=1, length=4096)
+    target = members[1]
+    reconstructed = {
+        peer: keys.step_mask_seed(target._pair_secrets[peer], step0.digest(config), 1, peer)
+        for peer in config.members
+        if peer != 1
+    }
+    masked, _ = masked_step(members, config, step1, inputs)
+    seed = decode(target.reveal(decision(config, step1, Outcome.REVEAL))).payload.seed
+    vector = masked[1].copy()
+    terms = [MaskTerm(keys.self_mask_seed(seed, step1.digest(config), 1), subtract=True)]
+    terms += [MaskTerm(s, subtract=peer > 1) for peer, s in reconstructed.items()]
+    accumulate(vector, terms)
+    return bool(np.array_equal(vector, inputs[1]))
+
+
+def test_a_members_seeds_of_one_step_do_not_unmask_it_at_the_next(monkeypatch):
+    """SECURITY.md, "Secure data-parallel training": a member slow at one step and on time at the
+    next. Its pairwise seeds of the first step (had they been revealed to unmask it) and its
+    self-mask seed of the second (revealed because it was on time) leave its second input masked,
+    since every step's pairwise seeds come from HKDF of the pair secret and the step digest. The
+    same aggregator recovers the input exactly from a weakened member whose pairwise seeds ignore
+    the step (Bonawitz et al. 2017's masks reused across rounds)."""
+    from secagg.multistep import keys
+
+    members, config = make_session()
+    inputs = _inputs(config.members, 4096)
+    assert not _slow_then_on_time_attack(members, config, inputs)
+
+    original = keys.step_mask_seed
+    monkeypatch.setattr(
+        keys, "step_mask_seed", lambda secret, digest, a, b: original(secret, b"\0" * 32, a, b)
+    )
+    members, config = make_session()
+    assert _slow_then_on_time_attack(members, config, inputs)
