@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import secagg
 from fl.engines.distributed.encoding import GradientEncoding
 from fl.engines.distributed.errors import RankExcluded, RanksLost
 from fl.engines.distributed.session import Session, establish, member_id, rank_of
@@ -339,15 +340,21 @@ class SecureAllReduce:
             [f"{base}/status/{r}" for r in session.ranks], Deadline(self.timeout + _GRACE)
         )
         reported = [r for r in session.ranks if f"{base}/status/{r}" in statuses]
-        codes = [decode(statuses[f"{base}/status/{r}"]).payload.code for r in reported]
-        if len(reported) == n and all(c is StatusCode.COMPLETE for c in codes):
+        codes = {
+            r: self._status(session, context, statuses[f"{base}/status/{r}"], r) for r in reported
+        }
+        if len(reported) == n and all(c is StatusCode.COMPLETE for c in codes.values()):
             proposal = Decision(0, Outcome.REVEAL)
         else:
             proposal = Decision(0, Outcome.RETRY, tuple(member_id(r) for r in reported))
         decision_bytes = self.channel.propose(
             f"{base}/decision", self._frame(session, context, proposal)
         )
-        decision: Decision = decode(decision_bytes, expect=MultiStepKind.DECISION).payload
+        decision: Decision = self._open(
+            session, context, decision_bytes, MultiStepKind.DECISION
+        ).payload
+        if decision.outcome is Outcome.REVEAL:
+            self._check_reveal(session, context, base, complete, codes)
         if decision.outcome is Outcome.RETRY:
             timer.add("control", started)
             session.member.abandon(context)
@@ -384,7 +391,9 @@ class SecureAllReduce:
         recover_bytes = self.channel.propose(
             f"{base}/recover", self._frame(session, context, proposal)
         )
-        recover: Decision = decode(recover_bytes, expect=MultiStepKind.DECISION).payload
+        recover: Decision = self._open(
+            session, context, recover_bytes, MultiStepKind.DECISION
+        ).payload
         lost = tuple(rank_of(m) for m in recover.ids)
         wanted = [r for r in session.ranks if r not in lost]
         if any(seed_keys[r] not in seeds for r in wanted):  # another rank saw them: they exist
@@ -434,6 +443,57 @@ class SecureAllReduce:
         except RuntimeError:
             return False
         return True
+
+    def _check_reveal(
+        self,
+        session: Session,
+        context: StepContext,
+        base: str,
+        complete: bool,
+        codes: dict[int, StatusCode],
+    ) -> None:
+        """Refuse a REVEAL decision unless this rank's own all-reduce completed and every
+        member reported COMPLETE: a self-mask seed is revealed only for a sum known to hold every
+        member's vector, whoever proposed the decision (the store only relays it)."""
+        late = [r for r in session.ranks if r not in codes]
+        if late:  # the proposer saw them, so they exist now
+            found = self.channel.wait_all([f"{base}/status/{r}" for r in late], Deadline(_GRACE))
+            for r in late:
+                if f"{base}/status/{r}" in found:
+                    codes[r] = self._status(session, context, found[f"{base}/status/{r}"], r)
+        failed = [r for r in session.ranks if codes.get(r) is not StatusCode.COMPLETE]
+        if not complete or failed:
+            reason = "this rank's all-reduce failed" if not complete else f"ranks {failed} did not"
+            raise secagg.InconsistentRequest(
+                f"step {context.step}: a REVEAL decision for an all-reduce that did not complete "
+                f"({reason}); no seed was revealed"
+            )
+
+    def _status(self, session: Session, context: StepContext, data: bytes, rank: int):
+        return self._open(session, context, data, MultiStepKind.STATUS, sender=rank).payload.code
+
+    @staticmethod
+    def _open(
+        session: Session,
+        context: StepContext,
+        data: bytes,
+        kind: MultiStepKind,
+        *,
+        sender: int | None = None,
+    ):
+        """Decode a control message and check it is bound to this session, step and sender."""
+        envelope = decode(data, expect=kind)
+        if envelope.session_id != session.config.session_id or envelope.step != context.step:
+            raise secagg.WrongSession(
+                f"a {kind.name} message for another session or step came through the store"
+            )
+        expected = session.ranks if sender is None else (sender,)
+        if rank_of(envelope.sender) not in expected:
+            raise secagg.InconsistentRequest(
+                f"a {kind.name} message under rank {sender}'s key claims to come from "
+                f"rank {rank_of(envelope.sender)}"
+            )
+        return envelope
 
     # -- helpers ----------------------------------------------------------------------------------
 
