@@ -22,9 +22,10 @@ def _gradients(rank: int, step: int, shapes=((17,), (5, 7), (300,))) -> list[tor
 
 def sum_over_steps(rank: int, world: int, *, steps: int) -> dict:
     """The secure sum against gloo's float32 all-reduce and the exact float64 sum, each step."""
-    from fl.engines.distributed import secure_all_reduce
+    from fl.engines.distributed import SecureAllReduce, secure_all_reduce
 
-    worst, worst_plain = 0.0, 0.0
+    rekeyed = SecureAllReduce(timeout=10.0, rekey_every=20, name="rekeyed")
+    worst, worst_plain, worst_rekeyed, generations = 0.0, 0.0, 0.0, []
     for step in range(steps):
         tensors = _gradients(rank, step)
         plain = [t.clone() for t in tensors]
@@ -33,15 +34,26 @@ def sum_over_steps(rank: int, world: int, *, steps: int) -> dict:
             dist.all_reduce(t)
         for t in exact:
             dist.all_reduce(t)
+        again = [t.clone() for t in tensors]
         report = secure_all_reduce(tensors, timeout=10.0)
         assert report.contributors == tuple(range(world)), report
+        generations.append(rekeyed(again).generation)
         bound = world * 2.0**-report.precision_bits
-        for secure, p, e in zip(tensors, plain, exact, strict=True):
+        for secure, p, e, r in zip(tensors, plain, exact, again, strict=True):
             # the decoded float32 is also rounded once: half an ulp of its magnitude
             rounding = e.abs().max().item() * 2.0**-24
             worst = max(worst, ((secure.double() - e).abs().max().item()) / (bound + rounding))
+            worst_rekeyed = max(
+                worst_rekeyed, ((r.double() - e).abs().max().item()) / (bound + rounding)
+            )
             worst_plain = max(worst_plain, (secure - p).abs().max().item())
-    return {"worst_ratio": worst, "worst_vs_plain": worst_plain, "bound": bound}
+    return {
+        "worst_ratio": worst,
+        "worst_vs_plain": worst_plain,
+        "bound": bound,
+        "worst_rekeyed": worst_rekeyed,
+        "generations": generations,
+    }
 
 
 def _ring_all_reduce(group, ring: torch.Tensor, received: list[tuple[int, np.ndarray]]) -> None:
