@@ -611,12 +611,21 @@ class StepUnmasker:
             self._check(owner, seed)
             self._seeds[owner] = seed
 
-    def unmask(self, total: np.ndarray, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
+    def unmask(
+        self, total: np.ndarray, *, offset: int = 0, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    ) -> None:
         """Subtract every contributor's self mask from ``total`` (the sum of the masked vectors).
+
+        Args:
+            total: the sum, or with ``offset`` the slice ``[offset, offset + total.size)`` of it
+                (members of a synchronous step may each unmask one slice and share the result).
+            offset: where ``total`` starts in the step's vector (whole 16-byte blocks).
+            chunk_bytes: the expansion's chunk (:func:`secagg.hazmat.prg.accumulate`).
 
         Raises:
             ThresholdNotMet: some seed is missing (call :meth:`recover` first).
-            LocalProtocolError: ``total`` is not a ring vector of the step's length.
+            LocalProtocolError: ``total`` is not a ring vector of the step's length (or a slice
+                within it on a block boundary).
         """
         if self.missing:
             raise ThresholdNotMet(f"self-mask seeds of members {list(self.missing)} are missing")
@@ -624,11 +633,18 @@ class StepUnmasker:
         if (
             not isinstance(total, np.ndarray)
             or total.dtype != word
-            or total.shape != (self.context.length,)
+            or total.ndim != 1
+            or offset < 0
+            or (offset * word.itemsize) % 16
+            or offset + total.size > self.context.length
         ):
-            raise LocalProtocolError(f"total must be a {word} array of {self.context.length} words")
+            raise LocalProtocolError(
+                f"total must be a {word} array of the step's {self.context.length} words, or a "
+                f"slice of them starting on a 16-byte block (offset {offset}, "
+                f"{getattr(total, 'size', '?')} words)"
+            )
         terms = [
             MaskTerm(keys.self_mask_seed(seed, self._digest, owner), subtract=True)
             for owner, seed in sorted(self._seeds.items())
         ]
-        accumulate(total, terms, chunk_bytes=chunk_bytes)
+        accumulate(total, terms, chunk_bytes=chunk_bytes, offset=offset)

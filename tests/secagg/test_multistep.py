@@ -397,3 +397,29 @@ def test_a_members_seeds_of_one_step_do_not_unmask_it_at_the_next(monkeypatch):
     )
     members, config = make_session()
     assert _slow_then_on_time_attack(members, config, inputs)
+
+
+def test_members_may_unmask_one_slice_each():
+    """A synchronous step's members may each remove the self masks from one slice of the sum
+    (starting on a 16-byte block) and exchange the results: the slices equal the whole sum
+    unmasked at once. A slice off a block boundary or past the end is refused."""
+    members, config = make_session()
+    context = StepContext.every_member(config, step=0, length=1001)
+    inputs = _inputs(config.members, 1001)
+    masked, offers = masked_step(members, config, context, inputs)
+    total = np.sum(list(masked.values()), axis=0, dtype=config.word_dtype)
+    unmasker = StepUnmasker(config, context)
+    reveal = decision(config, context, Outcome.REVEAL)
+    for member_id in context.contributors:
+        unmasker.add_offer(offers[member_id])
+        unmasker.add_seed(members[member_id].reveal(reveal))
+    pieces = total.copy()
+    for start in range(0, 1001, 252):
+        unmasker.unmask(pieces[start : start + 252], offset=start)
+    unmasker.unmask(total)
+    assert np.array_equal(pieces, total)
+    assert np.array_equal(total, np.sum(list(inputs.values()), axis=0, dtype=np.uint32))
+    with pytest.raises(LocalProtocolError):
+        unmasker.unmask(total[2:10].copy(), offset=2)
+    with pytest.raises(LocalProtocolError):
+        unmasker.unmask(total[:8].copy(), offset=1000)
