@@ -27,7 +27,8 @@ def sum_over_steps(rank: int, world: int, *, steps: int) -> dict:
     rekeyed = SecureAllReduce(timeout=10.0, rekey_every=20, name="rekeyed")
     worst, worst_plain, worst_rekeyed, generations = 0.0, 0.0, 0.0, []
     for step in range(steps):
-        tensors = _gradients(rank, step)
+        # the last tensor takes the sum past the size at which members unmask one slice each
+        tensors = _gradients(rank, step, shapes=((17,), (5, 7), (300,), (70_000,)))
         plain = [t.clone() for t in tensors]
         exact = [t.double() for t in tensors]
         for t in plain:
@@ -131,10 +132,12 @@ def killed(
     rank: int, world: int, *, victims: list[int], at_step: int, point: str, steps: int
 ) -> list[dict]:
     """Steps of constant inputs (rank + 1); the victims kill themselves at ``at_step``, at
-    ``point``: before the step, before the all-reduce, or before revealing their seed."""
+    ``point``: before the step, before the all-reduce, before revealing their seed, or after it
+    (before the all-gather of the unmasked slices)."""
     from fl.engines.distributed import SecureAllReduce
 
     reducer = SecureAllReduce(timeout=TIMEOUT)
+    reducer._shared_unmask_words = 0  # every member unmasks one slice, then they all-gather
 
     def die():
         os.kill(os.getpid(), signal.SIGKILL)
@@ -142,6 +145,9 @@ def killed(
     if rank in victims and point == "transport":
         transport = reducer._transport
         reducer._transport = lambda s, r: die() if reducer.step == at_step + 1 else transport(s, r)
+    if rank in victims and point == "gather":
+        unmask = reducer._unmask
+        reducer._unmask = lambda *args: die() if reducer.step == at_step + 1 else unmask(*args)
     if rank in victims and point == "seed":
         post = reducer.channel.post
         reducer.channel.post = lambda key, value: (
@@ -235,7 +241,7 @@ def ddp(rank: int, world: int, *, epochs: int) -> dict:
     from fl.engines.distributed import DistributedEngine, SecureAllReduce, register_secure_hook
 
     x, y, test, train = _digits()
-    shard = torch.tensor_split(train, world)[rank]
+    shard = torch.tensor_split(train[:768], world)[rank]  # an epoch of 12 steps of 16 per rank
     finals, reports = {}, []
     for secure in (False, True):
         torch.manual_seed(0)

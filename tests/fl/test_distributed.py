@@ -43,15 +43,29 @@ def test_no_rank_receives_another_ranks_gradient(weakened):
         assert not any(r["found_bytes"] for r in results)
 
 
+POINTS = ["before", "transport", "seed", "gather"]
+
+
 def test_a_rank_killed_at_a_random_step_never_hangs_the_others():
     """A random rank (rank 0 included) is killed at a random step and point (before the step,
-    inside the all-reduce, after the sum but before revealing its seed). The others finish that
-    step within the timeout bound - with the survivors' sum after a retry, or with every input
-    after rebuilding the lost seed from shares - then re-key without it (a new session, a new
-    id) and go on training."""
+    inside the all-reduce, after the sum but before revealing its seed, or after revealing it
+    but before the all-gather of the unmasked slices). The others finish that step within the
+    timeout bound - with the survivors' sum after a retry, with every input after rebuilding
+    the lost seed from shares, or with every input unmasked locally - then re-key without it (a
+    new session, a new id) and go on training."""
+    _kill_and_check(random.Random().choice(POINTS))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", POINTS)
+def test_a_rank_killed_at_each_point_never_hangs_the_others(point):
+    """The test above at every point in turn (the default run draws one)."""
+    _kill_and_check(point)
+
+
+def _kill_and_check(point: str) -> None:
     rng = random.Random()
     victim, at_step = rng.randrange(4), rng.randrange(1, 4)
-    point = rng.choice(["before", "transport", "seed"])
     results = run_ranks(
         workers.killed, 4, victims=[victim], at_step=at_step, point=point, steps=at_step + 3
     )
@@ -71,6 +85,9 @@ def test_a_rank_killed_at_a_random_step_never_hangs_the_others():
                 scenario,
                 failing,
             )
+        elif point == "gather":  # every seed was revealed: the survivors unmask it all
+            assert failing["value"] == 10.0 and failing["recovered"] == [], (scenario, failing)
+            assert failing["contributors"] == [0, 1, 2, 3], (scenario, failing)
         else:  # retried without it, in a new session
             assert failing["value"] == 10.0 - (victim + 1), (scenario, failing)
             assert failing["retried"] == 1 and failing["contributors"] == survivors
@@ -117,14 +134,14 @@ def test_asynchronous_sgd_with_a_slow_rank():
 
 
 def test_the_ddp_hook_gives_the_plain_hooks_model_after_one_epoch():
-    """One epoch of DDP on digits, 4 ranks: the model trained with register_secure_hook equals
+    """One epoch of DDP on 768 digits, 4 ranks: the model trained with register_secure_hook equals
     the one trained with DDP's default all-reduce to 1e-4 (the fixed-point error is 2^-25 per
     step), with the same test accuracy; DistributedEngine runs the same four steps."""
     results = values(run_ranks(workers.ddp, 4, epochs=1))
     for result in results:
         assert result["difference"] < 1e-4, result
         plain, secure = result["accuracy"]
-        assert abs(plain - secure) < 0.01 and plain > 0.5
-        assert result["contributors"] == [4] and result["steps"] > 20
+        assert abs(plain - secure) < 0.01 and plain > 0.2  # chance is 0.1
+        assert result["contributors"] == [4] and result["steps"] == 12
         assert all(r["released"] and r["cohort"] == [0, 1, 2, 3] for r in result["engine"])
     assert len({tuple(r["engine_parameters"]) for r in results}) == 1

@@ -25,6 +25,7 @@ process the group depends on is the store's host (torchrun's agent, or rank 0).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 import weakref
@@ -70,6 +71,7 @@ the other rank's gradient, so a 2-rank group is refused unless the ranks pass a 
 ``min_clients=2`` (SECURITY.md, "Secure data-parallel training")."""
 
 _GRACE = 2.0
+_SHARED_UNMASK_WORDS = 1 << 16  # below this, unmasking the whole sum beats an all-gather
 _TAGS: dict[str, int] = {}
 
 
@@ -190,6 +192,7 @@ class SecureAllReduce:
         self._lost: set[int] = set()
         self._cleanup: deque[tuple[int, list[str]]] = deque()
         self._ring: torch.Tensor | None = None
+        self._shared_unmask_words = _SHARED_UNMASK_WORDS
         self.last_report: ReduceReport | None = None
 
     @property
@@ -404,10 +407,44 @@ class SecureAllReduce:
             self._recover(session, context, unmasker, base, recover_bytes, offers, lost, step)
         started = timer.add("control", started)
 
-        unmasker.unmask(ring.numpy().view(self._word))
-        total = self.encoding.decode(ring, contributors=n, dtype=values.dtype)
+        total = self._unmask(session, unmasker, ring, values.dtype)
         timer.add("unmask", started)
         return total, lost
+
+    def _unmask(
+        self, session: Session, unmasker, ring: torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """The decoded sum: each member removes the self masks from its slice of the sum only,
+        and the members all-gather the decoded slices (n times less keystream per rank than
+        unmasking the whole sum everywhere). The slices carry the sum, which every member
+        learns anyway. Short vectors, or an all-gather that fails (a member lost after the
+        seeds were revealed), are unmasked whole, locally: every member holds the whole masked
+        sum and every seed, so the step completes either way."""
+        n, d = len(session.ranks), ring.numel()
+        words = ring.numpy().view(self._word)
+        compute = torch.float64 if dtype == torch.float64 else torch.float32
+        if d < self._shared_unmask_words or n < 2:
+            unmasker.unmask(words)
+            return self.encoding.decode(ring, contributors=n, dtype=compute).to(dtype)
+        block = 16 // words.itemsize
+        chunk = math.ceil(math.ceil(d / n) / block) * block  # d / n, in whole AES blocks
+        me = session.ranks.index(self.rank)
+        start, stop = min(me * chunk, d), min((me + 1) * chunk, d)
+        unmasker.unmask(words[start:stop], offset=start)
+        gathered = torch.zeros(n * chunk, dtype=compute)
+        piece = torch.zeros(chunk, dtype=compute)
+        piece[: stop - start] = self.encoding.decode(
+            ring[start:stop], contributors=n, dtype=compute
+        )
+        try:
+            session.group().allgather([list(gathered.split(chunk))], [piece]).wait()
+        except RuntimeError:
+            if start:
+                unmasker.unmask(words[:start])
+            if stop < d:
+                unmasker.unmask(words[stop:], offset=stop)
+            return self.encoding.decode(ring, contributors=n, dtype=compute).to(dtype)
+        return gathered[:d].to(dtype)
 
     def _recover(self, session, context, unmasker, base, decision, offers, lost, step) -> None:
         """Rebuild the seeds of ``lost`` ranks from the others' shares; exclude them next."""
