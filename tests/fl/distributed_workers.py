@@ -24,10 +24,11 @@ def sum_over_steps(rank: int, world: int, *, steps: int) -> dict:
     """The secure sum against gloo's float32 all-reduce and the exact float64 sum, each step."""
     from fl.engines.distributed import SecureAllReduce, secure_all_reduce
 
-    rekeyed = SecureAllReduce(timeout=10.0, rekey_every=20, name="rekeyed")
+    # the second group also unmasks by slices (the default group of 4 unmasks whole sums)
+    rekeyed = SecureAllReduce(timeout=10.0, rekey_every=20, name="rekeyed", shared_unmask_ranks=2)
     worst, worst_plain, worst_rekeyed, generations = 0.0, 0.0, 0.0, []
     for step in range(steps):
-        # the last tensor takes the sum past the size at which members unmask one slice each
+        # the last tensor takes the sum past the size at which members may unmask one slice each
         tensors = _gradients(rank, step, shapes=((17,), (5, 7), (300,), (70_000,)))
         plain = [t.clone() for t in tensors]
         exact = [t.double() for t in tensors]
@@ -136,7 +137,7 @@ def killed(
     (before the all-gather of the unmasked slices)."""
     from fl.engines.distributed import SecureAllReduce
 
-    reducer = SecureAllReduce(timeout=TIMEOUT)
+    reducer = SecureAllReduce(timeout=TIMEOUT, shared_unmask_ranks=2)
     reducer._shared_unmask_words = 0  # every member unmasks one slice, then they all-gather
 
     def die():

@@ -18,7 +18,8 @@ def test_the_secure_sum_equals_all_reduce_within_the_encoding_bound_over_50_step
     """secure_all_reduce replaces dist.all_reduce(op=SUM): over 50 steps of three gradient
     tensors on 4 ranks, every element is within n 2^-p of the exact sum (plus the float32
     rounding of the result), and within 1e-5 of gloo's own float32 all-reduce. A second group
-    with rekey_every=20 agrees fresh keys at steps 20 and 40 and gives the same sums."""
+    with rekey_every=20, whose ranks unmask one slice of the sum each and all-gather them,
+    agrees fresh keys at steps 20 and 40 and is within the same bound."""
     results = values(run_ranks(workers.sum_over_steps, 4, steps=50))
     for result in results:
         assert result["worst_ratio"] <= 1.0, result

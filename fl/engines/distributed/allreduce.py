@@ -138,6 +138,11 @@ class SecureAllReduce:
         timeout: seconds any wait may take (the gloo all-reduce, each store wait); a rank that
             does not answer within it is left out.
         rekey_every: agree fresh keys every this many steps (default: only when a rank is lost).
+        shared_unmask_ranks: from this many ranks on (and 65,536 values), each rank removes the
+            self masks from one slice of the sum and the ranks all-gather the slices, instead of
+            each removing all n self masks from the whole sum (n times the keystream of one
+            mask). On one machine over loopback the all-gather costs more than the extra
+            keystream at 4 and 8 ranks (BENCHMARKS.md), hence the default of 16.
         policy: the floors this rank holds (:data:`DISTRIBUTED_POLICY` by default).
         corrupt_fraction: the collusion assumption that sets t (every rank must use the same).
         name: the group's key namespace in the store; defaults to one derived from the ranks
@@ -154,6 +159,7 @@ class SecureAllReduce:
         ring_bits: int = 32,
         timeout: float = 30.0,
         rekey_every: int | None = None,
+        shared_unmask_ranks: int = 16,
         policy: ClientPolicy | None = None,
         corrupt_fraction: float = 0.05,
         name: str | None = None,
@@ -169,6 +175,10 @@ class SecureAllReduce:
             raise InputError(f"timeout must be a positive number of seconds, got {timeout!r}")
         if rekey_every is not None and (isinstance(rekey_every, bool) or rekey_every < 1):
             raise InputError(f"rekey_every must be a positive number of steps, got {rekey_every}")
+        if isinstance(shared_unmask_ranks, bool) or shared_unmask_ranks < 2:
+            raise InputError(
+                f"shared_unmask_ranks must be a number of ranks >= 2, got {shared_unmask_ranks}"
+            )
         self.encoding = GradientEncoding(clip=clip, ring_bits=ring_bits)
         self.rank = dist.get_rank()
         ranks = sorted(dist.get_process_group_ranks(group)) if group is not None else None
@@ -192,6 +202,7 @@ class SecureAllReduce:
         self._lost: set[int] = set()
         self._cleanup: deque[tuple[int, list[str]]] = deque()
         self._ring: torch.Tensor | None = None
+        self.shared_unmask_ranks = shared_unmask_ranks
         self._shared_unmask_words = _SHARED_UNMASK_WORDS
         self.last_report: ReduceReport | None = None
 
@@ -423,7 +434,7 @@ class SecureAllReduce:
         n, d = len(session.ranks), ring.numel()
         words = ring.numpy().view(self._word)
         compute = torch.float64 if dtype == torch.float64 else torch.float32
-        if d < self._shared_unmask_words or n < 2:
+        if d < self._shared_unmask_words or n < self.shared_unmask_ranks:
             unmasker.unmask(words)
             return self.encoding.decode(ring, contributors=n, dtype=compute).to(dtype)
         block = 16 // words.itemsize
