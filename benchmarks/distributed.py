@@ -7,11 +7,12 @@
 For each number of ranks, that many processes join a gloo group on 127.0.0.1 (the store is
 hosted by this process, as torchrun's agent hosts it). For each d, every rank sums a float32
 vector of d values ``steps`` times with ``dist.all_reduce(op=SUM)`` and ``steps`` times with
-:func:`fl.engines.distributed.secure_all_reduce` (after one warm-up step each); a barrier
-precedes every timed step, so a step's time is the slowest rank's. One JSON object per
+:class:`fl.engines.distributed.SecureAllReduce`, alternately (after one warm-up step each, the
+secure one agreeing the session's keys); a barrier precedes every timed step, so a step's time
+is the slowest rank's. One JSON object per
 (ranks, d) on stdout, then a table on stderr.
 
-Fields: ranks, dim, steps, plain_s and secure_s (median per-step wall time, slowest rank),
+Fields: ranks, dim, ring_bits, steps, plain_s and secure_s (median per-step wall time, slowest rank),
 ratio (secure / plain), setup_s (the one-time key agreement of the session, slowest rank),
 mask_s, transport_s, control_s, unmask_s (the secure step's parts, medians, slowest rank),
 precision_bits, max_error (largest |secure - plain| over the vector, last step).
@@ -39,10 +40,10 @@ RANKS = (2, 4, 8)
 
 
 def _steps(dim: int) -> int:
-    return 10 if dim <= 100_000 else 5 if dim <= 1_000_000 else 3
+    return 20 if dim <= 100_000 else 10 if dim <= 1_000_000 else 4
 
 
-def _rank(rank: int, world: int, port: int, dims: list[int], out: str) -> None:
+def _rank(rank: int, world: int, port: int, dims: list[int], ring_bits: int, out: str) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
 
@@ -56,20 +57,19 @@ def _rank(rank: int, world: int, port: int, dims: list[int], out: str) -> None:
     # 2 ranks are below the default floor (each learns the other's input from the sum): the
     # benchmark's random vectors are no secret, so it lowers the floor for that case only
     policy = replace(DISTRIBUTED_POLICY, min_clients=2) if world == 2 else None
-    reducer = SecureAllReduce(timeout=120.0, policy=policy)
+    reducer = SecureAllReduce(timeout=120.0, policy=policy, ring_bits=ring_bits)
     generator = torch.Generator().manual_seed(rank)
     rows = []
     for dim in dims:
         values = torch.randn(dim, generator=generator)
         plain_times, secure_times, parts = [], [], []
-        for repeat in range(_steps(dim) + 1):
+        for repeat in range(_steps(dim) + 1):  # interleaved, so that load changes hit both
             plain = values.clone()
             dist.barrier()
             started = time.perf_counter()
             dist.all_reduce(plain)
             if repeat:
                 plain_times.append(time.perf_counter() - started)
-        for repeat in range(_steps(dim) + 1):
             secure = values.clone()
             dist.barrier()
             started = time.perf_counter()
@@ -98,7 +98,7 @@ def _rank(rank: int, world: int, port: int, dims: list[int], out: str) -> None:
     os._exit(0)
 
 
-def run(world: int, dims: list[int], timeout: float) -> list[dict]:
+def run(world: int, dims: list[int], timeout: float, ring_bits: int = 32) -> list[dict]:
     """Start ``world`` ranks, benchmark every d, stop them all; the per-(ranks, d) rows."""
     store = dist.TCPStore(
         "127.0.0.1", 0, None, True, timeout=timedelta(seconds=120), wait_for_workers=False
@@ -106,7 +106,9 @@ def run(world: int, dims: list[int], timeout: float) -> list[dict]:
     context = mp.get_context("spawn")
     with tempfile.TemporaryDirectory() as out:
         processes = [
-            context.Process(target=_rank, args=(rank, world, store.port, dims, out), daemon=True)
+            context.Process(
+                target=_rank, args=(rank, world, store.port, dims, ring_bits, out), daemon=True
+            )
             for rank in range(world)
         ]
         try:
@@ -126,7 +128,7 @@ def run(world: int, dims: list[int], timeout: float) -> list[dict]:
     rows = []
     for index, dim in enumerate(dims):
         per_rank = [result["rows"][index] for result in results]
-        row = {"ranks": world, "dim": dim, "steps": per_rank[0]["steps"]}
+        row = {"ranks": world, "dim": dim, "ring_bits": ring_bits, "steps": per_rank[0]["steps"]}
         for key in ("plain_s", "secure_s", "mask_s", "transport_s", "control_s", "unmask_s"):
             row[key] = max(r[key] for r in per_rank)
         row["ratio"] = row["secure_s"] / row["plain_s"]
@@ -140,13 +142,14 @@ def run(world: int, dims: list[int], timeout: float) -> list[dict]:
 def table(rows: list[dict]) -> str:
     """A Markdown table of the rows."""
     lines = [
-        "| ranks | d | plain s | secure s | ratio | mask s | transport s | control s | "
+        "| ranks | d | ring | plain s | secure s | ratio | mask s | transport s | control s | "
         "unmask s | set-up s | p | max error |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['ranks']} | {r['dim']:,} | {r['plain_s']:.4f} | {r['secure_s']:.4f} | "
+            f"| {r['ranks']} | {r['dim']:,} | {r['ring_bits']} | {r['plain_s']:.4f} | "
+            f"{r['secure_s']:.4f} | "
             f"{r['ratio']:.1f}x | {r['mask_s']:.4f} | {r['transport_s']:.4f} | "
             f"{r['control_s']:.4f} | {r['unmask_s']:.4f} | {r['setup_s']:.3f} | "
             f"{r['precision_bits']} | {r['max_error']:.1e} |"
@@ -162,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ranks", type=int, action="append", help="numbers of ranks to run")
     parser.add_argument("--dims", type=int, action="append", help="vector lengths to run")
     parser.add_argument(
+        "--ring-bits", type=int, choices=(32, 64), default=32, help="the ring (default 32)"
+    )
+    parser.add_argument(
         "--timeout", type=float, default=600.0, help="seconds one group of ranks may take"
     )
     args = parser.parse_args(argv)
@@ -173,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for world in ranks:
         print(f"{world} ranks: d = {', '.join(f'{d:,}' for d in dims)} ...", file=sys.stderr)
-        for row in run(world, dims, args.timeout):
+        for row in run(world, dims, args.timeout, args.ring_bits):
             print(json.dumps(row), flush=True)
             rows.append(row)
     print(table(rows), file=sys.stderr)
