@@ -105,6 +105,10 @@ class ClientLevelEntry:
             and every client is assumed to have taken part).
         sampler_distance: total-variation distance of the round's noise from the analysed law
             (added to delta).
+        variance_left: the variance per coordinate of the released sum's noise once the
+            clients removed what the certified survivors made unnecessary (:mod:`dp.removable`);
+            None when no noise was removed. ``variance`` stays what the accounting relies on:
+            the honest clients of any sum keep at least that much.
     """
 
     round: int
@@ -122,6 +126,7 @@ class ClientLevelEntry:
     corrupt: int = 0
     participants: tuple[int, ...] = ()
     sampler_distance: float = 0.0
+    variance_left: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "participants", tuple(int(p) for p in self.participants))

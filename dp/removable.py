@@ -127,9 +127,9 @@ class RemovableNoise:
         floor = min(honest_floor, self.most_honest)
         removable = self.share_variance - self.total_variance / floor
         steps = min(2**self.size - 1, math.floor(removable / self.unit * (1 + 1e-12)))
-        while steps and self.share_variance - steps * self.unit < self.total_variance / floor:
+        while steps and self.variance_left(_bits(steps)) < self.total_variance / floor:
             steps -= 1  # float rounding must never leave less than V / floor
-        return tuple(j for j in range(self.size) if steps >> j & 1)
+        return _bits(steps)
 
     def variance_left(self, revealed: tuple[int, ...]) -> float:
         """One client's variance once the components ``revealed`` are removed."""
@@ -156,6 +156,10 @@ class RemovableNoise:
         for index, seed in revealed.items():
             total += self.component(seed, index, count)
         return total
+
+
+def _bits(steps: int) -> tuple[int, ...]:
+    return tuple(j for j in range(steps.bit_length()) if steps >> j & 1)
 
 
 @dataclass(frozen=True)

@@ -460,6 +460,11 @@ class PrivacyConfig:
 
     DP noise comes from ``os.urandom`` unless ``reproducible_noise`` seeds it from ``seed`` (for
     experiments that must replay exactly; never for data that needs protecting).
+
+    ``exact_noise`` (client level, Skellam, with ``secure.identities``): after each round the
+    clients remove the noise their certified survivors make unnecessary, so the sum carries the
+    target variance whatever the dropouts (:mod:`dp.removable`); without identities each client
+    keeps the worst case's share, V / (t - c), and the run says how much more that is.
     """
 
     level: PrivacyLevel = PrivacyLevel.NONE
@@ -474,6 +479,7 @@ class PrivacyConfig:
     max_physical_batch: int = 64
     ghost_clipping: bool = False
     reproducible_noise: bool = False
+    exact_noise: bool = True
 
     def __post_init__(self) -> None:
         _check_types(self, "privacy")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -22,8 +23,9 @@ import torch
 from torch import nn
 
 import secagg
-from dp.distributed import DistributedNoiseEncoder
+from dp.distributed import DistributedNoiseEncoder, Mechanism
 from dp.ledger import CentralEntry, ClientLevelEntry, PrivacyLedger, PrivacyLevel, SampleLevelEntry
+from dp.removable import RemovableNoise
 from fl.algorithms.base import Algorithm, LocalWork, draw_stragglers, make_algorithm
 from fl.algorithms.fedavg import FedAvgServer, sample_cohort
 from fl.core.aggregation import (
@@ -31,6 +33,7 @@ from fl.core.aggregation import (
     ClientUpdate,
     contributes_in_the_clear,
     finite_updates,
+    noise_ladder,
     plain_weighted_mean,
     secure_noisy_mean,
     secure_weighted_mean,
@@ -121,6 +124,7 @@ class Federation(Engine[TrainedCohort]):
     def __post_init__(self) -> None:
         if self.algorithm is None:
             self.algorithm = make_algorithm(self.config.algorithm)
+        self._warn_without_exact_noise()
 
     @property
     def level(self) -> PrivacyLevel:
@@ -168,6 +172,42 @@ class Federation(Engine[TrainedCohort]):
         self._drawn = (round_index, cohort)
         return cohort
 
+    def _warn_without_exact_noise(self) -> None:
+        privacy, secure = self.config.privacy, self.config.secure
+        if self.level is PrivacyLevel.CLIENT and privacy.exact_noise and not self.exact_noise:
+            why = (
+                "secure.identities = true"
+                if not secure.identities
+                else "privacy.mechanism = 'skellam'"
+            )
+            warnings.warn(
+                f"exact noise under dropouts needs {why}: each client adds the worst case's "
+                "share V / (t - c), so a round whose n clients all survive carries n / (t - c) "
+                "times the variance its privacy needs (set privacy.exact_noise = false to "
+                "silence this)",
+                stacklevel=2,
+            )
+
+    @property
+    def exact_noise(self) -> bool:
+        """Whether clients remove the noise their certified survivors make unnecessary."""
+        privacy = self.config.privacy
+        return (
+            self.level is PrivacyLevel.CLIENT
+            and privacy.exact_noise
+            and self.config.secure.identities
+            and privacy.mechanism is Mechanism.SKELLAM
+        )
+
+    def _ladder(self, encoder: DistributedNoiseEncoder, cohort: int) -> RemovableNoise | None:
+        if not self.exact_noise:
+            return None
+        secure = self.config.secure
+        shape = secagg.SecAggConfig.create(
+            range(1, cohort + 1), 1, threshold=secure.threshold, neighbours=secure.neighbours
+        )
+        return noise_ladder(encoder, shape, self.policy)
+
     def _client_encoder(self, cohort: int) -> DistributedNoiseEncoder:
         return client_encoder(
             self.config,
@@ -189,11 +229,13 @@ class Federation(Engine[TrainedCohort]):
         if self.level is PrivacyLevel.CENTRAL:
             return (self.central_plan.entry(round_index, tuple(cohort)),)
         if self.level is PrivacyLevel.CLIENT:
+            encoder = self._client_encoder(len(cohort))
             return (
-                self._client_encoder(len(cohort)).ledger_entry(
+                encoder.ledger_entry(
                     round_index=round_index + 1,
                     client_sampling_rate=self.client_plan.sampling_rate,
                     participants=tuple(cohort),
+                    ladder=self._ladder(encoder, len(cohort)),
                 ),
             )
         return ()
@@ -303,6 +345,7 @@ class Federation(Engine[TrainedCohort]):
                 encoder=encoder,
                 rotation_seed=rotation_seed,
                 noise_random=lambda client: self._noise_source(round_index, client),
+                exact_noise=self.exact_noise,
                 **protocol,
             )
             self._pending.append(
@@ -310,6 +353,8 @@ class Federation(Engine[TrainedCohort]):
                     round_index=round_index + 1,
                     client_sampling_rate=self.client_plan.sampling_rate,
                     participants=tuple(outcome.contributors),
+                    variance_left=outcome.noise_variance_left,
+                    ladder=outcome.noise_ladder,
                 )
             )
             return outcome
