@@ -209,3 +209,31 @@ def test_an_async_run_replays_and_is_not_resumed(tmp_path):
     assert first.summary["mode"] == "async" and first.history[-1].staleness is not None
     with pytest.raises(FLError, match="cannot be resumed"):
         run_federation(_config(tmp_path, "a", **{"training.rounds": 3}), resume=True)
+
+
+def test_async_clients_train_fedprox_local_objective(tmp_path, monkeypatch):
+    """README: asynchronous runs call the same algorithm object as synchronous ones. With
+    FedProx every buffered client's local training receives the proximal weight mu (and none
+    under FedAvg); the schedule does not depend on the algorithm."""
+    from fl.engines import federation as federation_module
+
+    seen = []
+    real = federation_module.train_locally
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("proximal_mu"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(federation_module, "train_locally", spy)
+    fedprox = run_federation(
+        _config(
+            tmp_path,
+            "prox",
+            **{"training.rounds": 2, "algorithm.name": "fedprox", "algorithm.mu": 0.5},
+        )
+    )
+    assert len(seen) == 10 and set(seen) == {0.5}
+    seen.clear()
+    fedavg = run_federation(_config(tmp_path, "avg", **{"training.rounds": 2}))
+    assert len(seen) == 10 and set(seen) == {None}
+    assert [m.simulated_time for m in fedprox.history] == [m.simulated_time for m in fedavg.history]
