@@ -13,6 +13,7 @@ is the slowest rank's. One JSON object per
 (ranks, d) on stdout, then a table on stderr.
 
 Fields: ranks, dim, ring_bits, steps, plain_s and secure_s (median per-step wall time, slowest rank),
+plain_words_s (gloo's all-reduce of d ring words, int32 or int64: the secure step's transport),
 ratio (secure / plain), setup_s (the one-time key agreement of the session, slowest rank),
 mask_s, transport_s, control_s, unmask_s (the secure step's parts, medians, slowest rank),
 precision_bits, max_error (largest |secure - plain| over the vector, last step).
@@ -62,14 +63,20 @@ def _rank(rank: int, world: int, port: int, dims: list[int], ring_bits: int, out
     rows = []
     for dim in dims:
         values = torch.randn(dim, generator=generator)
-        plain_times, secure_times, parts = [], [], []
-        for repeat in range(_steps(dim) + 1):  # interleaved, so that load changes hit both
+        plain_times, words_times, secure_times, parts = [], [], [], []
+        words = torch.zeros(dim, dtype=reducer.encoding.dtype)
+        for repeat in range(_steps(dim) + 1):  # interleaved, so that load changes hit all
             plain = values.clone()
             dist.barrier()
             started = time.perf_counter()
             dist.all_reduce(plain)
             if repeat:
                 plain_times.append(time.perf_counter() - started)
+            dist.barrier()
+            started = time.perf_counter()
+            dist.all_reduce(words)  # what the secure step's transport moves: ring words
+            if repeat:
+                words_times.append(time.perf_counter() - started)
             secure = values.clone()
             dist.barrier()
             started = time.perf_counter()
@@ -84,6 +91,7 @@ def _rank(rank: int, world: int, port: int, dims: list[int], ring_bits: int, out
                 "dim": dim,
                 "steps": len(secure_times),
                 "plain_s": statistics.median(plain_times),
+                "plain_words_s": statistics.median(words_times),
                 "secure_s": statistics.median(secure_times),
                 "mask_s": statistics.median(r.mask_seconds for r in parts),
                 "transport_s": statistics.median(r.transport_seconds for r in parts),
@@ -129,7 +137,15 @@ def run(world: int, dims: list[int], timeout: float, ring_bits: int = 32) -> lis
     for index, dim in enumerate(dims):
         per_rank = [result["rows"][index] for result in results]
         row = {"ranks": world, "dim": dim, "ring_bits": ring_bits, "steps": per_rank[0]["steps"]}
-        for key in ("plain_s", "secure_s", "mask_s", "transport_s", "control_s", "unmask_s"):
+        for key in (
+            "plain_s",
+            "plain_words_s",
+            "secure_s",
+            "mask_s",
+            "transport_s",
+            "control_s",
+            "unmask_s",
+        ):
             row[key] = max(r[key] for r in per_rank)
         row["ratio"] = row["secure_s"] / row["plain_s"]
         row["setup_s"] = max(result["setup_s"] for result in results)
@@ -142,14 +158,14 @@ def run(world: int, dims: list[int], timeout: float, ring_bits: int = 32) -> lis
 def table(rows: list[dict]) -> str:
     """A Markdown table of the rows."""
     lines = [
-        "| ranks | d | ring | plain s | secure s | ratio | mask s | transport s | control s | "
-        "unmask s | set-up s | p | max error |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| ranks | d | ring | plain s | plain int s | secure s | ratio | mask s | transport s | "
+        "control s | unmask s | set-up s | p | max error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['ranks']} | {r['dim']:,} | {r['ring_bits']} | {r['plain_s']:.4f} | "
-            f"{r['secure_s']:.4f} | "
+            f"{r['plain_words_s']:.4f} | {r['secure_s']:.4f} | "
             f"{r['ratio']:.1f}x | {r['mask_s']:.4f} | {r['transport_s']:.4f} | "
             f"{r['control_s']:.4f} | {r['unmask_s']:.4f} | {r['setup_s']:.3f} | "
             f"{r['precision_bits']} | {r['max_error']:.1e} |"
