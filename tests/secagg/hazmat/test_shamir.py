@@ -143,3 +143,15 @@ def test_shares_of_the_wrong_length_are_refused_even_when_their_total_fits():
     good = bytes(shamir.SHARE_BYTES)
     with pytest.raises(ValueError, match=f"exactly {shamir.SHARE_BYTES} bytes"):
         shamir.reconstruct_many([1, 2], [[good[:-1], good + b"\x00"]])
+
+
+def test_a_share_value_equal_to_the_prime_is_outside_the_field():
+    """Share values lie in GF(p) = [0, p - 1]: p itself is refused (it would otherwise be read
+    as 0), p - 1 is accepted."""
+    at_prime = np.full(shamir.LIMBS, shamir.PRIME, dtype="<u4").tobytes()
+    below = np.full(shamir.LIMBS, shamir.PRIME - 1, dtype="<u4").tobytes()
+    zero = bytes(shamir.SHARE_BYTES)
+    with pytest.raises(ValueError, match="outside the field"):
+        shamir.reconstruct_many([1, 2], [[at_prime, zero]])
+    with pytest.raises(ValueError, match="not a 32-byte secret"):
+        shamir.reconstruct_many([1, 2], [[below, zero]])
