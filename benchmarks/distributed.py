@@ -14,7 +14,9 @@ is the slowest rank's. One JSON object per
 
 Fields: ranks, dim, ring_bits, steps, plain_s and secure_s (median per-step wall time, slowest rank),
 plain_words_s (gloo's all-reduce of d ring words, int32 or int64: the secure step's transport),
-ratio (secure / plain), setup_s (the one-time key agreement of the session, slowest rank),
+ratio (secure / plain), plain_cpu_s and secure_cpu_s (CPU seconds of the rank's process, all
+threads, per step: medians, the busiest rank; what a step costs whatever else shares the cores),
+setup_s (the one-time key agreement of the session, slowest rank),
 mask_s, transport_s, control_s, unmask_s (the secure step's parts, medians, slowest rank),
 precision_bits, max_error (largest |secure - plain| over the vector, last step).
 Every rank is one process with one thread: ranks beyond the machine's cores share them.
@@ -64,14 +66,16 @@ def _rank(rank: int, world: int, port: int, dims: list[int], ring_bits: int, out
     for dim in dims:
         values = torch.randn(dim, generator=generator)
         plain_times, words_times, secure_times, parts = [], [], [], []
+        plain_cpu, secure_cpu = [], []
         words = torch.zeros(dim, dtype=reducer.encoding.dtype)
         for repeat in range(_steps(dim) + 1):  # interleaved, so that load changes hit all
             plain = values.clone()
             dist.barrier()
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             dist.all_reduce(plain)
             if repeat:
                 plain_times.append(time.perf_counter() - started)
+                plain_cpu.append(time.process_time() - cpu)
             dist.barrier()
             started = time.perf_counter()
             dist.all_reduce(words)  # what the secure step's transport moves: ring words
@@ -79,10 +83,11 @@ def _rank(rank: int, world: int, port: int, dims: list[int], ring_bits: int, out
                 words_times.append(time.perf_counter() - started)
             secure = values.clone()
             dist.barrier()
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             report = reducer(secure)
             if repeat:
                 secure_times.append(time.perf_counter() - started)
+                secure_cpu.append(time.process_time() - cpu)
                 parts.append(report)
             elif report.setup_seconds and not rows:
                 setup = report.setup_seconds
@@ -92,6 +97,8 @@ def _rank(rank: int, world: int, port: int, dims: list[int], ring_bits: int, out
                 "steps": len(secure_times),
                 "plain_s": statistics.median(plain_times),
                 "plain_words_s": statistics.median(words_times),
+                "plain_cpu_s": statistics.median(plain_cpu),
+                "secure_cpu_s": statistics.median(secure_cpu),
                 "secure_s": statistics.median(secure_times),
                 "mask_s": statistics.median(r.mask_seconds for r in parts),
                 "transport_s": statistics.median(r.transport_seconds for r in parts),
@@ -140,7 +147,9 @@ def run(world: int, dims: list[int], timeout: float, ring_bits: int = 32) -> lis
         for key in (
             "plain_s",
             "plain_words_s",
+            "plain_cpu_s",
             "secure_s",
+            "secure_cpu_s",
             "mask_s",
             "transport_s",
             "control_s",
@@ -158,15 +167,16 @@ def run(world: int, dims: list[int], timeout: float, ring_bits: int = 32) -> lis
 def table(rows: list[dict]) -> str:
     """A Markdown table of the rows."""
     lines = [
-        "| ranks | d | ring | plain s | plain int s | secure s | ratio | mask s | transport s | "
-        "control s | unmask s | set-up s | p | max error |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| ranks | d | ring | plain s | plain int s | secure s | ratio | plain CPU s | "
+        "secure CPU s | mask s | transport s | control s | unmask s | set-up s | p | max error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['ranks']} | {r['dim']:,} | {r['ring_bits']} | {r['plain_s']:.4f} | "
             f"{r['plain_words_s']:.4f} | {r['secure_s']:.4f} | "
-            f"{r['ratio']:.1f}x | {r['mask_s']:.4f} | {r['transport_s']:.4f} | "
+            f"{r['ratio']:.1f}x | {r['plain_cpu_s']:.4f} | {r['secure_cpu_s']:.4f} | "
+            f"{r['mask_s']:.4f} | {r['transport_s']:.4f} | "
             f"{r['control_s']:.4f} | {r['unmask_s']:.4f} | {r['setup_s']:.3f} | "
             f"{r['precision_bits']} | {r['max_error']:.1e} |"
         )
