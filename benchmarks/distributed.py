@@ -12,7 +12,7 @@ secure one agreeing the session's keys); a barrier precedes every timed step, so
 is the slowest rank's. One JSON object per
 (ranks, d) on stdout, then a table on stderr.
 
-Fields: ranks, dim, ring_bits, steps, plain_s and secure_s (median per-step wall time, slowest rank),
+Fields: ranks, dim, ring_bits, shared_unmask (whether ranks unmasked one slice each), steps, plain_s and secure_s (median per-step wall time, slowest rank),
 plain_words_s (gloo's all-reduce of d ring words, int32 or int64: the secure step's transport),
 ratio (secure / plain), plain_cpu_s and secure_cpu_s (CPU seconds of the rank's process, all
 threads, per step: medians, the busiest rank; what a step costs whatever else shares the cores),
@@ -46,7 +46,9 @@ def _steps(dim: int) -> int:
     return 20 if dim <= 100_000 else 10 if dim <= 1_000_000 else 4
 
 
-def _rank(rank: int, world: int, port: int, dims: list[int], ring_bits: int, out: str) -> None:
+def _rank(
+    rank: int, world: int, port: int, dims: list[int], ring_bits: int, shared: int, out: str
+) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
 
@@ -60,7 +62,9 @@ def _rank(rank: int, world: int, port: int, dims: list[int], ring_bits: int, out
     # 2 ranks are below the default floor (each learns the other's input from the sum): the
     # benchmark's random vectors are no secret, so it lowers the floor for that case only
     policy = replace(DISTRIBUTED_POLICY, min_clients=2) if world == 2 else None
-    reducer = SecureAllReduce(timeout=120.0, policy=policy, ring_bits=ring_bits)
+    reducer = SecureAllReduce(
+        timeout=120.0, policy=policy, ring_bits=ring_bits, shared_unmask_ranks=shared
+    )
     generator = torch.Generator().manual_seed(rank)
     rows = []
     for dim in dims:
@@ -113,7 +117,9 @@ def _rank(rank: int, world: int, port: int, dims: list[int], ring_bits: int, out
     os._exit(0)
 
 
-def run(world: int, dims: list[int], timeout: float, ring_bits: int = 32) -> list[dict]:
+def run(
+    world: int, dims: list[int], timeout: float, ring_bits: int = 32, shared: int = 16
+) -> list[dict]:
     """Start ``world`` ranks, benchmark every d, stop them all; the per-(ranks, d) rows."""
     store = dist.TCPStore(
         "127.0.0.1", 0, None, True, timeout=timedelta(seconds=120), wait_for_workers=False
@@ -122,7 +128,9 @@ def run(world: int, dims: list[int], timeout: float, ring_bits: int = 32) -> lis
     with tempfile.TemporaryDirectory() as out:
         processes = [
             context.Process(
-                target=_rank, args=(rank, world, store.port, dims, ring_bits, out), daemon=True
+                target=_rank,
+                args=(rank, world, store.port, dims, ring_bits, shared, out),
+                daemon=True,
             )
             for rank in range(world)
         ]
@@ -143,7 +151,8 @@ def run(world: int, dims: list[int], timeout: float, ring_bits: int = 32) -> lis
     rows = []
     for index, dim in enumerate(dims):
         per_rank = [result["rows"][index] for result in results]
-        row = {"ranks": world, "dim": dim, "ring_bits": ring_bits, "steps": per_rank[0]["steps"]}
+        row = {"ranks": world, "dim": dim, "ring_bits": ring_bits, "shared_unmask": world >= shared}
+        row["steps"] = per_rank[0]["steps"]
         for key in (
             "plain_s",
             "plain_words_s",
@@ -194,6 +203,12 @@ def main(argv: list[str] | None = None) -> int:
         "--ring-bits", type=int, choices=(32, 64), default=32, help="the ring (default 32)"
     )
     parser.add_argument(
+        "--shared-unmask-ranks",
+        type=int,
+        default=16,
+        help="SecureAllReduce's shared_unmask_ranks (default 16; 2: always unmask by slices)",
+    )
+    parser.add_argument(
         "--timeout", type=float, default=600.0, help="seconds one group of ranks may take"
     )
     args = parser.parse_args(argv)
@@ -205,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for world in ranks:
         print(f"{world} ranks: d = {', '.join(f'{d:,}' for d in dims)} ...", file=sys.stderr)
-        for row in run(world, dims, args.timeout, args.ring_bits):
+        for row in run(world, dims, args.timeout, args.ring_bits, args.shared_unmask_ranks):
             print(json.dumps(row), flush=True)
             rows.append(row)
     print(table(rows), file=sys.stderr)
