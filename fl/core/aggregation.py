@@ -6,12 +6,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 import secagg
 from dp.distributed import DistributedNoiseEncoder
+from dp.removable import NoiseSeeds, RemovableNoise
 from fl.errors import InputError
 from secagg.encoding import FixedPointEncoder
 from secagg.randomness import RandomSource, system_random
@@ -21,6 +22,7 @@ __all__ = [
     "ClientUpdate",
     "contributes_in_the_clear",
     "finite_updates",
+    "noise_ladder",
     "plain_weighted_mean",
     "secure_noisy_mean",
     "secure_weighted_mean",
@@ -47,6 +49,9 @@ class AggregateOutcome:
         seconds: wall time of encoding, the protocol and decoding (0 in the clear).
         error_bound: elementwise bound on the distance to the exact weighted mean of the
             clipped updates (0 in the clear, infinite with DP noise).
+        noise_variance_left: with exact noise, the variance per coordinate (scaled ring units)
+            of the noise left in the sum after removal; None otherwise.
+        noise_ladder: with exact noise, the removable split the clients drew their noise with.
     """
 
     mean: np.ndarray
@@ -56,6 +61,8 @@ class AggregateOutcome:
     bytes_down: int
     seconds: float
     error_bound: float
+    noise_variance_left: float | None = None
+    noise_ladder: RemovableNoise | None = None
 
 
 def contributes_in_the_clear(phase: secagg.Phase | None) -> bool:
@@ -243,10 +250,16 @@ def secure_noisy_mean(
     round_index: int = 0,
     policy: secagg.ClientPolicy | None = None,
     noise_random: Callable[[int], RandomSource] | None = None,
+    exact_noise: bool = False,
 ) -> AggregateOutcome:
     """Client-level DP mean: each client clips, rounds and adds its share of integer noise
     (:class:`dp.distributed.DistributedNoiseEncoder`) before masking, so the unmasked sum is
     already noisy; the server divides it by the number of contributors (equal weights).
+
+    With ``exact_noise`` (identities and Skellam required) each client draws its share as a
+    base plus removable components (:mod:`dp.removable`) and, after the round, reveals the
+    seeds of those its certified survivors make unnecessary (:mod:`secagg.removal`); the server
+    subtracts them, and ``noise_variance_left`` records what stays.
 
     Raises:
         secagg.ThresholdNotMet: too many dropouts; nothing is released.
@@ -262,8 +275,22 @@ def secure_noisy_mean(
         shape, noise_multiplier=encoder.noise_multiplier, noise_shares=encoder.noise_shares
     )
     source = noise_random or (lambda _client: system_random)
+    ladder, seeds = None, {}
+    if exact_noise:
+        if not identities:
+            raise InputError(
+                "exact noise under dropouts needs identities: only signed survivor sets can "
+                "be certified (set identities, or turn exact noise off)"
+            )
+        ladder = noise_ladder(encoder, shape, policy)
+        seeds = {u: NoiseSeeds.generate(ladder, source(u)) for u in updates}
     encoded = {
-        u: encoder.encode(update.vector, rotation_seed=rotation_seed, random_bytes=source(u))
+        u: encoder.encode(
+            update.vector,
+            rotation_seed=rotation_seed,
+            random_bytes=source(u),
+            noise=None if ladder is None else seeds[u].noise(ladder, encoder.padded, source(u)),
+        )
         for u, update in updates.items()
     }
     result = secagg.aggregate(
@@ -275,12 +302,47 @@ def secure_noisy_mean(
         dropouts=_phases_to_clients(dropouts or {}),
         round_index=round_index,
         policy=policy,
+        noise_removal=None if ladder is None else {u: _revealer(ladder, seeds[u]) for u in updates},
     )
+    total, variance_left = result.total, None
+    if ladder is not None:
+        total, variance_left = _remove_noise(result, ladder, encoder)
     contributors = len(result.contributors)
-    return _outcome(
+    outcome = _outcome(
         result,
-        mean=encoder.decode(result.total, contributors=contributors, rotation_seed=rotation_seed),
+        mean=encoder.decode(total, contributors=contributors, rotation_seed=rotation_seed),
         total_weight=contributors,
         started=started,
         error_bound=math.inf,
     )
+    return replace(outcome, noise_variance_left=variance_left, noise_ladder=ladder)
+
+
+def noise_ladder(
+    encoder: DistributedNoiseEncoder, shape: secagg.SecAggConfig, policy: secagg.ClientPolicy
+) -> RemovableNoise:
+    """The removable split of each client's noise share for a session shaped like ``shape``:
+    a certified sum holds at most k + 1 - c honest clients (a closed neighbourhood less its
+    corrupt members), which sizes the base share."""
+    return encoder.removable(most_honest=shape.neighbours + 1 - policy.corrupt_neighbours(shape))
+
+
+def _revealer(ladder: RemovableNoise, seeds: NoiseSeeds) -> Callable[[int], tuple]:
+    return lambda honest_floor: seeds.reveal(ladder.removal(honest_floor))
+
+
+def _remove_noise(
+    result: secagg.AggregationResult, ladder: RemovableNoise, encoder: DistributedNoiseEncoder
+) -> tuple[np.ndarray, float]:
+    """Subtract every revealed component from the sum; the variance left in it (ring units)."""
+    excess = np.zeros(encoder.padded, dtype=np.int64)
+    left = 0.0
+    for u in result.contributors:
+        answer = result.noise_removal.get(u)
+        revealed = dict(answer.seeds) if answer is not None else {}
+        excess += ladder.excess(revealed, encoder.padded)
+        left += ladder.variance_left(tuple(revealed))
+    total = (result.total.astype(np.uint64) - encoder.to_ring(excess)) & np.uint64(
+        (1 << encoder.ring_bits) - 1
+    )
+    return total, left

@@ -28,8 +28,9 @@ from dp.errors import DPError
 from dp.ledger import PrivacyLedger, PrivacyLevel
 from fl.algorithms.fedavg import FedAvgServer
 from fl.core.budget import check_extension, epsilon_spent, projected_epsilon
+from fl.core.central import plan_central
 from fl.core.checkpoint import Checkpoint, save_checkpoint
-from fl.core.config import Device, RunConfig
+from fl.core.config import Device, RunConfig, ScheduleMode
 from fl.core.data import build_federated_data
 from fl.core.models import build_model, check_model_fits
 from fl.core.privacy import plan_client_level, plan_sample_level, spent_summary
@@ -49,7 +50,7 @@ from fl.core.run_folder import (
     write_config,
 )
 from fl.engines.federation import Federation
-from fl.errors import CheckpointError, ConfigError, NonFiniteUpdateWarning
+from fl.errors import CheckpointError, ConfigError, FLError, NonFiniteUpdateWarning
 from secagg.encoding import FixedPointEncoder
 
 __all__ = [
@@ -147,6 +148,19 @@ def _preflight(config: RunConfig, dimension: int) -> None:
         raise ConfigError(
             "secure", f"threshold={secure.threshold}, neighbours={secure.neighbours}", str(error)
         ) from None
+
+
+def _check_weights(config: RunConfig, data: Any) -> None:
+    """Refuse, before round 1, a client whose example count (its FedAvg weight) is above
+    ``secure.max_weight``: the encoder would refuse it mid-run (it never clips a weight)."""
+    largest = max(len(indices) for indices in data.client_indices)
+    if largest > config.secure.max_weight:
+        raise ConfigError(
+            "secure.max_weight",
+            config.secure.max_weight,
+            f"at least {largest}: a client holds {largest} examples, and its weight in the "
+            "secure sum is its example count (raise secure.max_weight)",
+        )
 
 
 def _over_budget(federation: Federation, round_index: int) -> bool:
@@ -247,9 +261,22 @@ def run_federation(
     server = FedAvgServer(
         model, server_learning_rate=config.training.server_learning_rate, device=device
     )
-    if config.secure.enabled and config.privacy.level is not PrivacyLevel.CLIENT:
+    if config.secure.enabled and config.privacy.level in (PrivacyLevel.NONE, PrivacyLevel.SAMPLE):
         _preflight(config, server.global_vector.numel())
-    federation = Federation(
+    if config.secure.enabled and config.privacy.level is PrivacyLevel.NONE:
+        _check_weights(config, data)
+    if config.schedule.mode is ScheduleMode.ASYNC:
+        from fl.engines.asynchronous import AsyncFederation
+
+        if existing is not None:
+            raise FLError(
+                f"{out} holds an asynchronous run: clients in flight are not checkpointed, so it "
+                "cannot be resumed; start a new run (another --out)"
+            )
+        engine: type[Federation] = AsyncFederation
+    else:
+        engine = Federation
+    federation = engine(
         config=config, server=server, working=copy.deepcopy(model), data=data, device=device
     )
     privacy = config.privacy
@@ -272,6 +299,7 @@ def run_federation(
         start, wall_before = existing.completed_rounds, existing.wall_seconds
         history = list(existing.history)
         _restore(federation, existing, out)
+        federation.clock = (history[-1].simulated_time or 0.0) if history else 0.0
     # planned after the restore: the sample-level plan reuses the noisy counts in the ledger
     if privacy.level is PrivacyLevel.SAMPLE:
         federation.sample_plan = plan_sample_level(
@@ -279,6 +307,10 @@ def run_federation(
         )
     elif privacy.level is PrivacyLevel.CLIENT:
         federation.client_plan = plan_client_level(
+            plan_config, server.global_vector.numel(), progress=on_calibration
+        )
+    elif privacy.level is PrivacyLevel.CENTRAL:
+        federation.central_plan = plan_central(
             plan_config, server.global_vector.numel(), progress=on_calibration
         )
     projected = None
@@ -376,8 +408,13 @@ def run_federation(
         summary["privacy_level"] = privacy.level.value
         summary["accountant"] = privacy.accountant.value
     write_summary(out, summary)
-    mode = "secure aggregation" if config.secure.enabled else "plaintext FedAvg"
-    plot = plot_training(out, history, title=f"{config.training.clients} clients, {mode}")
+    mode = "secure aggregation" if config.secure.enabled else "in the clear"
+    algorithm = config.algorithm.name.value
+    if config.schedule.mode is ScheduleMode.ASYNC:
+        algorithm += f", async buffer {config.async_buffer}"
+    plot = plot_training(
+        out, history, title=f"{config.training.clients} clients, {algorithm}, {mode}"
+    )
     files = ["config.toml", "metrics.jsonl", "summary.json"]
     files += ["training.png"] if plot is not None else []
     files += ["privacy.json"] if federation.ledger is not None and history else []
@@ -450,6 +487,9 @@ def _summary(
         "non_finite_updates": sum(len(m.non_finite) for m in history),
         "clients": config.training.clients,
         "cohort_size": config.training.cohort_size,
+        "algorithm": config.algorithm.name.value,
+        "mode": config.schedule.mode.value,
+        "simulated_seconds": final.simulated_time if final else None,
         "secure_aggregation": config.secure.enabled,
         "parameters": int(server.global_vector.numel()),
         "device": str(device),

@@ -175,3 +175,36 @@ def test_unmask_response_must_answer_the_request():
     extra = messages.UnmaskResponse(honest.self_mask_shares, ((4, bytes(36)),))
     with pytest.raises(MalformedMessage):
         r.server.receive(r.from_client(extra, 1))
+
+
+def test_the_released_sum_is_read_only():
+    """The result cannot be edited in place after the round (a frozen result, like the
+    messages): a caller that wants to change it must copy it."""
+    r = Round(4, threshold=3, neighbours=3)
+    r.step(r.until_unmask())
+    total = r.server.result.total
+    assert not total.flags.writeable
+    with pytest.raises(ValueError):
+        total[0] = 1
+
+
+def test_on_a_sparse_graph_each_client_gets_only_the_signatures_that_certify_it():
+    """Server side of "one story per client": each unmask request carries signatures from
+    members of the closed neighbourhoods the recipient acts on (itself and the neighbours whose
+    shares it holds), about 2(t - 1) + 1 of them (SECURITY.md), and the round completes."""
+    from secagg import ClientPolicy
+    from secagg.graph import neighbourhoods
+
+    r = Round(24, neighbours=8, threshold=5, identities=True, policy=ClientPolicy.permissive())
+    requests = r.until_unmask()
+    graph, t = neighbourhoods(r.config), r.config.threshold
+    assert not r.config.complete_graph
+    for u, data in requests.items():
+        request = messages.decode(data, max_bytes=1 << 20).payload
+        watched = graph[u] | {u}
+        reach = set().union(*(graph[x] | {x} for x in watched))
+        signers = {v for v, _ in request.signatures}
+        assert signers <= reach - {u}
+        assert t - 1 <= len(signers) <= 2 * (t - 1) + 1
+    r.step(requests)
+    assert np.array_equal(r.server.result.total, r.expected_sum(r.config.client_ids))
