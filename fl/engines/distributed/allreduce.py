@@ -11,7 +11,8 @@ One step, on every member of the current session (:mod:`.session`):
    answered;
 4. ``REVEAL``: each rank reveals its seed b; seeds that do not arrive are rebuilt from t shares
    (``RECOVER``) and their ranks are excluded from the next session; every rank removes the self
-   masks from its copy of the sum and decodes it;
+   masks from its copy of the sum and decodes it (from ``shared_unmask_ranks`` ranks on, each
+   rank unmasks one slice and the ranks all-gather the decoded slices);
 5. ``RETRY``: nothing is revealed, the masked sums are discarded; the survivors (at least t of
    them, and as many as their policy requires) agree on a new session and sum the same inputs
    again under fresh keys; fewer raise :class:`~.errors.RanksLost` naming the missing ranks.
@@ -142,7 +143,7 @@ class SecureAllReduce:
             self masks from one slice of the sum and the ranks all-gather the slices, instead of
             each removing all n self masks from the whole sum (n times the keystream of one
             mask). On one machine over loopback the all-gather costs more than the extra
-            keystream at 4 and 8 ranks (BENCHMARKS.md), hence the default of 16.
+            keystream at 4 ranks (BENCHMARKS.md), hence the default of 16.
         policy: the floors this rank holds (:data:`DISTRIBUTED_POLICY` by default).
         corrupt_fraction: the collusion assumption that sets t (every rank must use the same).
         name: the group's key namespace in the store; defaults to one derived from the ranks
