@@ -1,10 +1,10 @@
 """Buffered asynchronous secure aggregation against synchronous FedAvg, on the simulated clock.
 
-    python -m benchmarks.async_vs_sync [--clients 100] [--updates 2000] [--target 0.8]
+    python -m benchmarks.async_vs_sync [--clients 100] [--updates 3000] [--epochs 5] [--target 0.8]
                                        [--plot benchmarks/figures/async_vs_sync.png]
 
 Synthetic(1,1) (Li et al. 2020) over ``--clients`` clients, multinomial logistic regression,
-one local epoch of SGD (batch 10, learning rate 0.01), secure aggregation on (this project's
+``--epochs`` local epochs of SGD (batch 10, learning rate 0.01), secure aggregation on (this project's
 protocol, no dropouts). Every client has a lognormal speed (sigma 1, seeded: a slow device is
 slow every time, as in Nguyen et al. 2022's simulations). Both methods consume the same number
 of client updates (``--updates``):
@@ -54,7 +54,7 @@ def methods(updates: int) -> tuple[tuple[str, dict], ...]:
     )
 
 
-def base_config(clients: int, seed: int, out: str) -> dict:
+def base_config(clients: int, epochs: int, seed: int, out: str) -> dict:
     """The overrides both methods share."""
     return {
         "data.dataset": "fedprox-synthetic",
@@ -64,7 +64,7 @@ def base_config(clients: int, seed: int, out: str) -> dict:
         "model.name": "logistic",
         "training.clients": clients,
         "training.per_round": PER_SESSION,
-        "training.local_epochs": 1,
+        "training.local_epochs": epochs,
         "training.batch_size": 10,
         "training.learning_rate": 0.01,
         "secure.enabled": True,
@@ -76,7 +76,7 @@ def base_config(clients: int, seed: int, out: str) -> dict:
     }
 
 
-def run_method(args: tuple[str, dict, int, int, float]) -> dict:
+def run_method(args: tuple[str, dict, int, int, int, float]) -> dict:
     """Train one method; test accuracy against simulated time."""
     import torch
 
@@ -84,10 +84,10 @@ def run_method(args: tuple[str, dict, int, int, float]) -> dict:
     from fl.engines.inprocess import run_federation
 
     torch.set_num_threads(1)
-    label, overrides, clients, seed, target = args
+    label, overrides, clients, epochs, seed, target = args
     with tempfile.TemporaryDirectory() as folder:
         config = RunConfig().with_overrides(
-            {**base_config(clients, seed, f"{folder}/run"), **overrides}
+            {**base_config(clients, epochs, seed, f"{folder}/run"), **overrides}
         )
         result = run_federation(config)
     times = [m.simulated_time for m in result.history]
@@ -129,14 +129,15 @@ def plot(results: list[dict], path: Path, target: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=100)
-    parser.add_argument("--updates", type=int, default=2000, help="client updates per method")
+    parser.add_argument("--updates", type=int, default=3000, help="client updates per method")
+    parser.add_argument("--epochs", type=int, default=5, help="local epochs per update")
     parser.add_argument("--target", type=float, default=0.8, help="test accuracy to reach")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--plot", type=Path, default=Path("benchmarks/figures/async_vs_sync.png"))
     args = parser.parse_args()
     tasks = [
-        (label, overrides, args.clients, args.seed, args.target)
+        (label, overrides, args.clients, args.epochs, args.seed, args.target)
         for label, overrides in methods(args.updates)
     ]
     context = multiprocessing.get_context("spawn")
