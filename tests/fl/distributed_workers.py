@@ -170,9 +170,10 @@ def killed(
                     "missing": list(getattr(error, "missing", ())),
                     "message": str(error),
                     "seconds": time.monotonic() - started,
+                    "input_after": value.tolist(),
                 }
             )
-            break
+            continue  # the training loop goes on: the next step must not hang either
         log.append(
             {
                 "step": step,

@@ -101,7 +101,9 @@ def _kill_and_check(point: str) -> None:
 
 def test_losing_two_of_four_ranks_raises_ranks_lost_naming_them():
     """With 2 of 4 ranks gone the step cannot be finished securely (t = 3): the survivors get
-    RanksLost naming the missing ranks, within the timeout bound, and nothing is released."""
+    RanksLost naming the missing ranks, within the timeout bound, with their input tensors
+    unchanged (nothing is released). Their loop goes on: the next step, with 2 ranks below the
+    policy's floor of 3, raises RanksLost again, without waiting."""
     results = run_ranks(workers.killed, 4, victims=[1, 2], at_step=1, point="transport", steps=3)
     for rank in (0, 3):
         log = results[rank].value
@@ -110,6 +112,10 @@ def test_losing_two_of_four_ranks_raises_ranks_lost_naming_them():
         assert failure["error"] == "RanksLost", failure
         assert failure["missing"] == [1, 2]
         assert failure["seconds"] < 3 * workers.TIMEOUT + 6
+        assert failure["input_after"] == [float(rank + 1)] * 40
+        again = log[2]
+        assert again["error"] == "RanksLost" and "policy" in again["message"], again
+        assert again["seconds"] < workers.TIMEOUT, again
 
 
 def test_asynchronous_sgd_with_a_slow_rank():

@@ -388,3 +388,22 @@ def test_saving_a_restored_client_gives_back_the_same_state():
         assert json.loads(state)["error"] is None
         restored = Client.from_state(r.config, state, policy=r.policy)
         assert restored.to_state() == state
+
+
+def test_a_stopped_client_keeps_no_secret_in_its_state():
+    """SECURITY.md, "Errors, state and what leaves a client": a client that stops wipes its
+    private keys, the shares it holds, its pairwise seeds and its self-mask secret, so the
+    state it saves afterwards holds none of them."""
+    import json
+
+    r = Round(5, threshold=3, neighbours=4)
+    honest = _unmask_request(r, 1, r.until_unmask())
+    before = json.loads(r.clients[1].to_state())
+    assert before["mask_key"] and before["peer_shares"] and before["self_mask_secret"]
+    lie = messages.UnmaskRequest(alive=honest.alive, dropped=tuple(sorted({*honest.dropped, 2})))
+    with pytest.raises(InconsistentRequest):
+        r.clients[1].receive(r.from_server(lie))
+    state = json.loads(r.clients[1].to_state())
+    assert state["channel_key"] is None and state["mask_key"] is None
+    assert state["peer_shares"] == {} and state["pair_seeds"] == {}
+    assert state["channel_secrets"] == {} and state["self_mask_secret"] == ""

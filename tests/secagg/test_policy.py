@@ -285,3 +285,19 @@ def test_policy_values_outside_their_ranges_are_refused(values, match):
     construction with ConfigurationError naming the field."""
     with pytest.raises(ConfigurationError, match=match):
         ClientPolicy(**values)
+
+
+def test_the_allowed_sets_are_frozen_when_the_policy_is_built():
+    """A policy is fixed once built (the floor a client checks is the floor it holds later):
+    rings and encodings given as mutable lists become frozensets of ints and Encoding members,
+    so changing the caller's list afterwards changes nothing."""
+    rings, encodings = [32], ["fixed-point"]
+    policy = ClientPolicy(allowed_ring_bits=rings, allowed_encodings=encodings)
+    rings.append(8)
+    encodings.append("none")
+    assert policy.allowed_ring_bits == frozenset({32})
+    assert type(policy.allowed_ring_bits) is frozenset
+    assert policy.allowed_encodings == frozenset({Encoding.FIXED_POINT})
+    assert type(policy.allowed_encodings) is frozenset
+    assert all(type(e) is Encoding for e in policy.allowed_encodings)
+    hash(policy)

@@ -27,6 +27,7 @@ _EXPORTS = {
     "RankExcluded": "fl.engines.distributed.errors",
     "RanksLost": "fl.engines.distributed.errors",
     "StoreUnavailable": "fl.engines.distributed.errors",
+    "SecureHookState": "fl.engines.distributed.hook",
     "register_secure_hook": "fl.engines.distributed.hook",
     "secure_allreduce_hook": "fl.engines.distributed.hook",
     "DistributedEngine": "fl.engines.distributed.engine",

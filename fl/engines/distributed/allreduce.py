@@ -11,7 +11,8 @@ One step, on every member of the current session (:mod:`.session`):
    answered;
 4. ``REVEAL``: each rank reveals its seed b; seeds that do not arrive are rebuilt from t shares
    (``RECOVER``) and their ranks are excluded from the next session; every rank removes the self
-   masks from its copy of the sum and decodes it;
+   masks from its copy of the sum and decodes it (from ``shared_unmask_ranks`` ranks on, each
+   rank unmasks one slice and the ranks all-gather the decoded slices);
 5. ``RETRY``: nothing is revealed, the masked sums are discarded; the survivors (at least t of
    them, and as many as their policy requires) agree on a new session and sum the same inputs
    again under fresh keys; fewer raise :class:`~.errors.RanksLost` naming the missing ranks.
@@ -142,7 +143,7 @@ class SecureAllReduce:
             self masks from one slice of the sum and the ranks all-gather the slices, instead of
             each removing all n self masks from the whole sum (n times the keystream of one
             mask). On one machine over loopback the all-gather costs more than the extra
-            keystream at 4 and 8 ranks (BENCHMARKS.md), hence the default of 16.
+            keystream at 4 ranks (BENCHMARKS.md), hence the default of 16.
         policy: the floors this rank holds (:data:`DISTRIBUTED_POLICY` by default).
         corrupt_fraction: the collusion assumption that sets t (every rank must use the same).
         name: the group's key namespace in the store; defaults to one derived from the ranks
@@ -338,9 +339,10 @@ class SecureAllReduce:
         base = f"g{session.generation}/s{context.step}"
         offer = session.member.mask(context, ring.numpy().view(self._word))
         self.channel.post(f"{base}/offer/{self.rank}", offer)
-        self._later(
-            step, [f"{base}/{kind}/{self.rank}" for kind in ("offer", "status", "seed", "shares")]
-        )
+        mine = [f"{base}/{kind}/{self.rank}" for kind in ("offer", "status", "seed")]
+        if self.rank == session.ranks[0]:  # the step's shared keys: one member removes them
+            mine += [f"{base}/decision", f"{base}/recover"]
+        self._later(step, mine)
         started = timer.add("mask", started)
 
         complete = self._transport(session, ring)
@@ -389,13 +391,15 @@ class SecureAllReduce:
 
         self.channel.post(f"{base}/seed/{self.rank}", session.member.reveal(decision_bytes))
         unmasker = session.member.unmasker()
-        offers = self.channel.wait_all(
-            [f"{base}/offer/{r}" for r in session.ranks], Deadline(self.timeout)
+        offer_keys = [f"{base}/offer/{r}" for r in session.ranks]
+        seed_keys = {r: f"{base}/seed/{r}" for r in session.ranks}
+        received = self.channel.wait_all(  # one wait for both: the offers are there already
+            [*offer_keys, *seed_keys.values()], Deadline(self.timeout + _GRACE)
         )
+        offers = {key: received[key] for key in offer_keys if key in received}
+        seeds = {key: received[key] for key in seed_keys.values() if key in received}
         for key in sorted(offers):
             unmasker.add_offer(offers[key])
-        seed_keys = {r: f"{base}/seed/{r}" for r in session.ranks}
-        seeds = self.channel.wait_all(seed_keys.values(), Deadline(self.timeout + _GRACE))
         absent = [r for r in session.ranks if seed_keys[r] not in seeds]
         proposal = (
             Decision(0, Outcome.RECOVER, tuple(map(member_id, absent)))
@@ -464,6 +468,7 @@ class SecureAllReduce:
                 decision, {member_id(r): offers[f"{base}/offer/{r}"] for r in lost}
             )
             self.channel.post(f"{base}/shares/{self.rank}", shares)
+            self._later(step, [f"{base}/shares/{self.rank}"])
         holders = [r for r in session.ranks if r not in lost]
         revealed = self.channel.wait_all(
             [f"{base}/shares/{r}" for r in holders], Deadline(self.timeout + _GRACE)
