@@ -118,6 +118,22 @@ def test_masked_input_of_the_wrong_shape_is_refused():
         r.server.receive(r.from_client(messages.MaskedInput(8, bytes(8 * 6)), 1))
 
 
+@pytest.mark.parametrize("ring_bits", [16, 40])
+def test_masked_input_with_a_word_outside_a_narrow_ring_is_refused(ring_bits):
+    """On a ring narrower than its storage word (Z_2^16 in 32-bit words, Z_2^40 in 64-bit
+    words) every masked word must lie below 2^ring_bits: a word at 2^ring_bits is refused, the
+    largest ring element is accepted."""
+    r = Round(4, threshold=3, neighbours=3, ring_bits=ring_bits)
+    r.step(r.advertise())
+    dtype = r.config.word_dtype
+    top = np.zeros(r.config.vector_length, dtype=dtype)
+    top[2] = r.config.ring_mask + 1
+    with pytest.raises(MalformedMessage, match="outside the ring"):
+        r.server.receive(r.from_client(messages.MaskedInput.from_vector(top), 1))
+    top[2] = r.config.ring_mask
+    r.server.receive(r.from_client(messages.MaskedInput.from_vector(top), 1))
+
+
 def test_share_keys_must_address_exactly_the_roster():
     """Shares addressed to clients outside the sender's roster are refused."""
     r = Round(4, threshold=3, neighbours=3)
