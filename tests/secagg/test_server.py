@@ -224,3 +224,17 @@ def test_on_a_sparse_graph_each_client_gets_only_the_signatures_that_certify_it(
         assert t - 1 <= len(signers) <= 2 * (t - 1) + 1
     r.step(requests)
     assert np.array_equal(r.server.result.total, r.expected_sum(r.config.client_ids))
+
+
+@pytest.mark.parametrize(("silent", "kept"), [(2, True), (3, False)])
+def test_a_client_left_with_fewer_than_t_minus_1_live_neighbours_gets_no_roster(silent, kept):
+    """Server-side viability (Server._viable): a client with fewer than t - 1 live neighbours
+    could never meet the threshold, so after key advertisement a client with t - 1 advertising
+    neighbours goes on, and one with t - 2 is dropped from the round and gets no roster."""
+    from secagg.graph import neighbourhoods
+
+    r = Round(8, threshold=3, neighbours=4)
+    assert not r.config.complete_graph and r.config.threshold == 3
+    silenced = sorted(neighbourhoods(r.config)[1])[:silent]
+    rosters = r.advertise(skip=silenced)
+    assert (1 in rosters) is kept
