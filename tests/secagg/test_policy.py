@@ -301,3 +301,25 @@ def test_the_allowed_sets_are_frozen_when_the_policy_is_built():
     assert type(policy.allowed_encodings) is frozenset
     assert all(type(e) is Encoding for e in policy.allowed_encodings)
     hash(policy)
+
+
+@pytest.mark.parametrize(
+    ("corrupt_fraction", "security_bits"), [(0.05, 40), (0.1, 40), (0.1, 80), (0.3, 20)]
+)
+def test_the_colluder_bound_uses_the_policys_own_fraction_and_security_level(
+    corrupt_fraction, security_bits
+):
+    """c (SECURITY.md, condition on 2t > k + 1 + c) is computed with this client's corrupt
+    fraction and security level, not the library defaults: a stricter policy assumes more
+    colluders and so demands a higher threshold."""
+    from secagg.parameters import corrupt_neighbours
+
+    config = SecAggConfig.create(
+        range(1, 301), 4, neighbours=40, threshold=40, random_bytes=DeterministicRandom(3)
+    )
+    policy = ClientPolicy(corrupt_fraction=corrupt_fraction, security_bits=security_bits)
+    expected = corrupt_neighbours(
+        300, 40, corrupt_fraction=corrupt_fraction, security_bits=security_bits
+    )
+    assert policy.corrupt_neighbours(config) == expected
+    assert policy.minimum_threshold(config) == (40 + 1 + expected) // 2 + 1

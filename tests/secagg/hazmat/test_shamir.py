@@ -155,3 +155,19 @@ def test_a_share_value_equal_to_the_prime_is_outside_the_field():
         shamir.reconstruct_many([1, 2], [[at_prime, zero]])
     with pytest.raises(ValueError, match="not a 32-byte secret"):
         shamir.reconstruct_many([1, 2], [[below, zero]])
+
+
+def test_a_coefficient_word_equal_to_the_prime_is_drawn_again():
+    """Shamir 1979 needs uniform coefficients in GF(p): 31-bit words equal to p are rejected and
+    redrawn. A source whose first words are all p must not yield the coefficient p = 0 (which
+    would make every share equal the secret); the redrawn words are used instead."""
+    calls = []
+
+    def rigged(n: int) -> bytes:
+        calls.append(n)
+        return (b"\xff" if len(calls) == 1 else b"\x01") * n
+
+    shares = shamir.split([bytes(32)], threshold=2, xs=[1, 2], random_bytes=rigged)
+    assert len(calls) == 2
+    limbs = np.frombuffer(shares[0][0], dtype="<u4")
+    assert np.all(limbs == 0x01010101), "share at x = 1 of the zero secret is the coefficient"
