@@ -37,25 +37,11 @@ import numpy as np
 
 from dp.errors import PrivacyConfigError
 from dp.samplers import sample_skellam, skellam_table
-from secagg.hazmat.prg import keystream
+from secagg.hazmat.prg import SEED_BYTES, KeystreamReader
 
 __all__ = ["SEED_BYTES", "NoiseSeeds", "RemovableNoise"]
 
-SEED_BYTES = 32
 _MAX_LADDER = 24
-
-
-class _SeededStream:
-    """The AES-CTR keystream of one seed, read sequentially (what regenerates a component)."""
-
-    def __init__(self, seed: bytes) -> None:
-        self._seed, self._offset = seed, 0
-
-    def __call__(self, length: int) -> bytes:
-        start = self._offset
-        self._offset += length
-        # keystream is deterministic from the seed: read past the bytes already consumed
-        return keystream(self._seed, start + length)[start:]
 
 
 @dataclass(frozen=True)
@@ -148,7 +134,7 @@ class RemovableNoise:
             raise PrivacyConfigError(f"no ladder component {index}; the ladder has {self.size}")
         if len(seed) != SEED_BYTES:
             raise PrivacyConfigError(f"a component seed is {SEED_BYTES} bytes, got {len(seed)}")
-        return sample_skellam(self.component_variances[index], count, _SeededStream(seed))
+        return sample_skellam(self.component_variances[index], count, KeystreamReader(seed))
 
     def excess(self, revealed: dict[int, bytes], count: int) -> np.ndarray:
         """The sum of the revealed components ``{index: seed}`` (int64, ``count`` coordinates)."""

@@ -349,13 +349,7 @@ class Client:
             )
         if self._removal_answered:
             raise UnexpectedPhase("a second noise-removal request in one session", sender=0)
-        signed = dict(envelope.payload.signatures)
-        outsiders = set(signed) - self._survivors
-        if outsiders:
-            raise InconsistentRequest(
-                f"consistency signatures from clients {sorted(outsiders)[:5]}, outside U3",
-                sender=0,
-            )
+        signed = self._signed_inside_u3(envelope.payload.signatures)
         self._verify_story(signed)
         honest_floor = certified_honest_floor(
             signers={*signed, self.client_id},
@@ -615,13 +609,7 @@ class Client:
         neighbourhood must have signed this same U3 (:mod:`secagg.quorum`). Every signature the
         server forwards must verify.
         """
-        signed = dict(signatures)
-        outsiders = set(signed) - self._survivors
-        if outsiders:
-            raise InconsistentRequest(
-                f"consistency signatures from clients {sorted(outsiders)[:5]}, outside U3",
-                sender=0,
-            )
+        signed = self._signed_inside_u3(signatures)
         short = quorum.shortfalls(
             watched={self.client_id, *self._peer_shares},
             signers={*signed, self.client_id},
@@ -636,6 +624,17 @@ class Client:
                 f"the threshold is {self.config.threshold}"
             )
         self._verify_story(signed)
+
+    def _signed_inside_u3(self, signatures: tuple[tuple[int, bytes], ...]) -> dict[int, bytes]:
+        """The signatures by signer; every signer must be in this client's U3."""
+        signed = dict(signatures)
+        outsiders = set(signed) - self._survivors
+        if outsiders:
+            raise InconsistentRequest(
+                f"consistency signatures from clients {sorted(outsiders)[:5]}, outside U3",
+                sender=0,
+            )
+        return signed
 
     def _verify_story(self, signed: dict[int, bytes]) -> None:
         """Every signature must verify over this session's instance and this client's U3."""

@@ -25,6 +25,7 @@ from secagg.config import PROTOCOL_VERSION, SecAggConfig
 from secagg.errors import MalformedMessage, UnsupportedVersion
 from secagg.hazmat import aead, shamir
 from secagg.hazmat.agreement import KEY_BYTES
+from secagg.hazmat.prg import SEED_BYTES
 from secagg.hazmat.signing import SIGNATURE_BYTES, SigningKey
 from secagg.instance import path_length
 from secagg.stages import MessageType
@@ -457,8 +458,8 @@ class NoiseRemovalResponse:
             raise ValueError("a noise component index must lie in [0, 64)")
         if any(a >= b for (a, _), (b, _) in itertools.pairwise(self.seeds)):
             raise ValueError("seeds must be strictly increasing by component index")
-        if any(type(seed) is not bytes or len(seed) != DIGEST_BYTES for _, seed in self.seeds):
-            raise ValueError(f"each seed must be {DIGEST_BYTES} bytes")
+        if any(type(seed) is not bytes or len(seed) != SEED_BYTES for _, seed in self.seeds):
+            raise ValueError(f"each seed must be {SEED_BYTES} bytes")
 
     def encode(self) -> bytes:
         count = _U32.pack(len(self.seeds))
@@ -468,9 +469,9 @@ class NoiseRemovalResponse:
     @classmethod
     def decode(cls, reader: _Reader) -> NoiseRemovalResponse:
         floor = reader.u32("honest floor")
-        count = reader.count(1 + DIGEST_BYTES, "seeds")
+        count = reader.count(1 + SEED_BYTES, "seeds")
         seeds = tuple(
-            (reader.u8("component index"), reader.take(DIGEST_BYTES, "seed")) for _ in range(count)
+            (reader.u8("component index"), reader.take(SEED_BYTES, "seed")) for _ in range(count)
         )
         return cls(floor, seeds)
 

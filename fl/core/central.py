@@ -37,6 +37,7 @@ from dp.ledger import CentralEntry, PrivacyLedger, PrivacyLevel
 from dp.samplers import sample_discrete_gaussian
 from fl.core.aggregation import AggregateOutcome, ClientUpdate, contributes_in_the_clear
 from fl.core.config import RunConfig
+from fl.core.privacy import require_client_delta
 from fl.errors import ConfigError
 from secagg.encoding import FixedPointEncoder
 from secagg.randomness import RandomSource, system_random
@@ -120,10 +121,7 @@ def plan_central(
         ConfigError: delta not below 1 / clients, or an unreachable target.
     """
     privacy, training = config.privacy, config.training
-    if privacy.delta >= 1 / training.clients:
-        raise ConfigError(
-            "privacy.delta", privacy.delta, f"below 1 / training.clients = {1 / training.clients:g}"
-        )
+    require_client_delta(config)
     rate = training.cohort_size / training.clients
     if privacy.noise_multiplier is not None:
         z = privacy.noise_multiplier

@@ -41,7 +41,7 @@ from fl.core.aggregation import (
 from fl.core.central import CentralPlan, central_noisy_mean
 from fl.core.config import RunConfig
 from fl.core.data import FederatedData
-from fl.core.privacy import ClientLevelPlan, SampleLevelPlan, client_encoder
+from fl.core.privacy import ClientLevelPlan, SampleLevelPlan, client_encoder, secure_session
 from fl.core.report import RoundMetrics
 from fl.core.speeds import task_seconds
 from fl.core.training import train_locally
@@ -202,11 +202,7 @@ class Federation(Engine[TrainedCohort]):
     def _ladder(self, encoder: DistributedNoiseEncoder, cohort: int) -> RemovableNoise | None:
         if not self.exact_noise:
             return None
-        secure = self.config.secure
-        shape = secagg.SecAggConfig.create(
-            range(1, cohort + 1), 1, threshold=secure.threshold, neighbours=secure.neighbours
-        )
-        return noise_ladder(encoder, shape, self.policy)
+        return noise_ladder(encoder, secure_session(self.config, cohort), self.policy)
 
     def _client_encoder(self, cohort: int) -> DistributedNoiseEncoder:
         return client_encoder(

@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_CHUNK_BYTES",
     "DEFAULT_GROUP",
     "SEED_BYTES",
+    "KeystreamReader",
     "MaskTerm",
     "accumulate",
     "keystream",
@@ -58,6 +59,25 @@ def keystream(seed: bytes, length: int, *, counter_block: bytes = _ZERO_COUNTER)
         raise ValueError(f"length must be >= 0, got {length}")
     counter_block = require_bytes("counter_block", counter_block, _BLOCK_BYTES)
     return _encryptor(seed, counter_block).update(bytes(length))
+
+
+class KeystreamReader:
+    """The AES-256-CTR keystream of one seed, read front to back in pieces of any length.
+
+    Example:
+        >>> reader = KeystreamReader(bytes(32))
+        >>> reader(5) + reader(11) == keystream(bytes(32), 16)
+        True
+    """
+
+    def __init__(self, seed: bytes) -> None:
+        self._encryptor = _encryptor(seed)
+
+    def __call__(self, length: int) -> bytes:
+        """The next ``length`` bytes of the stream."""
+        if length < 0:
+            raise ValueError(f"length must be >= 0, got {length}")
+        return self._encryptor.update(bytes(length))
 
 
 def accumulate(
