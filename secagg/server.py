@@ -104,7 +104,7 @@ class Server:
         self._result: ServerResult | None = None
         self._signatures: dict[int, bytes] = {}
         self._unmasked_by: frozenset[int] = frozenset()
-        self._removals: dict[int, messages.NoiseRemovalResponse] = {}
+        self._removal_answered: set[int] = set()
 
     @property
     def stage(self) -> ServerStage:
@@ -233,10 +233,10 @@ class Server:
             raise UnexpectedPhase(f"sent {envelope.kind.name} during noise removal", sender=sender)
         if sender not in self._unmasked_by:
             raise UnexpectedPhase("was not asked for noise removal", sender=sender)
-        if sender in self._removals:
+        if sender in self._removal_answered:
             raise DuplicateMessage("second noise-removal answer", sender=sender)
         self._check_signature(envelope)
-        self._removals[sender] = envelope.payload
+        self._removal_answered.add(sender)
         return envelope.payload
 
     def _open(self, data: bytes) -> messages.Envelope:

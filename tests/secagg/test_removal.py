@@ -8,7 +8,12 @@ import pytest
 
 import secagg
 from secagg import messages
-from secagg.errors import AuthenticationFailed, InconsistentRequest, UnexpectedPhase
+from secagg.errors import (
+    AuthenticationFailed,
+    InconsistentRequest,
+    LocalProtocolError,
+    UnexpectedPhase,
+)
 from secagg.graph import neighbour_index
 from secagg.hazmat.signing import SigningKey
 from secagg.randomness import DeterministicRandom
@@ -174,3 +179,43 @@ def test_signatures_from_outside_u3_and_requests_before_the_round_ends_are_refus
     )
     with pytest.raises(UnexpectedPhase, match="certified U3"):
         fresh.answer_noise_removal(run.requests[5], _reveal_all)
+
+
+def test_a_client_that_signed_u3_but_has_not_unmasked_does_not_answer():
+    """The client answers only once its unmask answer is out (stage DONE), not right after it
+    signed U3: a removal request between the two is refused."""
+    run = _Round()
+    signer = secagg.Client(
+        run.config,
+        1,
+        signing_key=run.keys[1],
+        policy=run.policy,
+        random_bytes=DeterministicRandom(2),
+    )
+    signer._stage, signer._survivors = secagg.ClientStage.CONSISTENCY_SIGNED, frozenset(run.keys)
+    with pytest.raises(UnexpectedPhase, match="certified U3"):
+        signer.answer_noise_removal(run.requests[1], _reveal_all)
+
+
+def test_the_server_runs_noise_removal_only_after_a_completed_round_with_identities():
+    """Before the round ends, or after a round without identities, the server neither asks for
+    nor accepts noise-removal answers."""
+    rng = DeterministicRandom(3)
+    keys = {u: SigningKey.generate(rng) for u in range(1, 6)}
+    config = secagg.SecAggConfig.create(
+        range(1, 6), 4, identities={u: k.public_bytes for u, k in keys.items()}, random_bytes=rng
+    )
+    early = secagg.Server(config, random_bytes=rng)
+    with pytest.raises(LocalProtocolError, match="completed round"):
+        early.noise_removal_requests()
+    with pytest.raises(LocalProtocolError, match="no noise removal"):
+        early.receive_noise_removal(b"")
+    plain = secagg.simulate.aggregate(
+        [np.full(4, u) for u in range(5)], policy=secagg.ClientPolicy.permissive()
+    )
+    server = secagg.Server(plain.config, random_bytes=rng)
+    server._result = secagg.server.ServerResult(plain.total, plain.contributors, plain.dropped)
+    with pytest.raises(LocalProtocolError, match="identities"):
+        server.noise_removal_requests()
+    with pytest.raises(LocalProtocolError, match="no noise removal"):
+        server.receive_noise_removal(b"")
