@@ -57,12 +57,14 @@ def _matches(found: np.ndarray, secret: np.ndarray) -> float:
     return float(np.mean(found == secret))
 
 
-def test_a_curious_member_cannot_difference_a_neighbours_vectors_across_steps(derivation):
+@pytest.mark.parametrize("size", [4, 16, 32])
+def test_a_curious_member_cannot_difference_a_neighbours_vectors_across_steps(derivation, size):
     """Semi-honest, no collusion: member 2 sees member 1's masked vector in two complete steps
     (all seeds revealed, as they always are once a step completes). Member 1's gradient at step 0
     is g, at step 1 zero. With per-step masks, 1's vectors minus everything 2 knows differ by
-    noise; with session-level masks the difference is g itself."""
-    members, config = make_session((1, 2, 3, 4))
+    noise; with session-level masks the difference is g itself. Cross-silo sizes from 4 to 32
+    members (the attack needs no more than the two steps, whatever the size)."""
+    members, config = make_session(tuple(range(1, size + 1)))
     g = _gradient()
     views = []
     for step, x1 in ((0, g), (1, np.zeros(LENGTH, np.uint32))):
@@ -80,8 +82,10 @@ def test_a_curious_member_cannot_difference_a_neighbours_vectors_across_steps(de
         assert np.array_equal(difference, g)
 
 
-def test_a_rank_slow_in_one_step_and_not_the_next_keeps_its_gradient(derivation):
-    """Active aggregator with two colluding members (c = 2 < t = 3). Member 4 is slow in step 0:
+@pytest.mark.parametrize("size", [4, 16])
+def test_a_rank_slow_in_one_step_and_not_the_next_keeps_its_gradient(derivation, size):
+    """Active aggregator with two colluding members (c = 2 < t). The last member is slow in step 0
+    (below, "member 4" is that member; sizes 4 and 16):
     its masked vector arrives after the aggregator decided RETRY, and the step is summed again
     without it. The aggregator then lies to member 4 with a REVEAL decision for the abandoned
     attempt and obtains its self-mask seed; in step 1 member 4 contributes normally (gradient
@@ -89,28 +93,33 @@ def test_a_rank_slow_in_one_step_and_not_the_next_keeps_its_gradient(derivation)
     pairwise masks, which per-step derivation makes different in the two steps: the aggregator
     learns nothing of member 4's step-0 gradient. With session-level masks they cancel and the
     gradient is read exactly."""
-    members, config = make_session((1, 2, 3, 4))
+    members, config = make_session(tuple(range(1, size + 1)))
     g = _gradient()
     zero = np.zeros(LENGTH, np.uint32)
-    colluders = {1: members[1]._pair_secrets[4], 2: members[2]._pair_secrets[4]}
+    target, everyone = size, config.members
+    colluders = {1: members[1]._pair_secrets[target], 2: members[2]._pair_secrets[target]}
 
     late = StepContext.every_member(config, step=0, length=LENGTH)
-    masked, _ = masked_step(members, config, late, {1: zero, 2: zero, 3: zero, 4: g})
-    for i in (1, 2, 3):
-        members[i].abandon(late)
-    lie = decision(config, late, Outcome.REVEAL)  # told only to member 4
-    seed_late = decode(members[4].reveal(lie)).payload.seed
-    view_late = _strip(masked[4], config, late, 4, seed_late, colluders)
+    masked, _ = masked_step(
+        members, config, late, {i: g if i == target else zero for i in everyone}
+    )
+    for i in everyone:
+        if i != target:
+            members[i].abandon(late)
+    lie = decision(config, late, Outcome.REVEAL)  # told only to the target
+    seed_late = decode(members[target].reveal(lie)).payload.seed
+    view_late = _strip(masked[target], config, late, target, seed_late, colluders)
 
-    retry = StepContext(step=0, attempt=1, contributors=(1, 2, 3), length=LENGTH)
-    total, _ = run_step(members, config, retry, {1: zero, 2: zero, 3: zero})
-    assert np.array_equal(total, zero)  # the released sum of step 0 holds no trace of member 4
+    others = tuple(i for i in everyone if i != target)
+    retry = StepContext(step=0, attempt=1, contributors=others, length=LENGTH)
+    total, _ = run_step(members, config, retry, {i: zero for i in others})
+    assert np.array_equal(total, zero)  # the released sum of step 0 holds no trace of the target
 
     step1 = StepContext.every_member(config, step=1, length=LENGTH)
-    masked, _offers = masked_step(members, config, step1, {i: zero for i in config.members})
+    masked, _offers = masked_step(members, config, step1, {i: zero for i in everyone})
     reveal = decision(config, step1, Outcome.REVEAL)
-    seeds = {i: decode(members[i].reveal(reveal)).payload.seed for i in config.members}
-    view_next = _strip(masked[4], config, step1, 4, seeds[4], colluders)
+    seeds = {i: decode(members[i].reveal(reveal)).payload.seed for i in everyone}
+    view_next = _strip(masked[target], config, step1, target, seeds[target], colluders)
 
     difference = view_late - view_next
     if derivation == "per-step":

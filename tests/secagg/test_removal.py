@@ -138,31 +138,34 @@ def _forged(run: _Round, signatures) -> bytes:
     )
 
 
-def test_a_server_cannot_raise_the_floor_with_signatures_it_made_up():
+@pytest.mark.parametrize("size", [12, 60])
+def test_a_server_cannot_raise_the_floor_with_signatures_it_made_up(size):
     """A forged signature, or one over another U3, is refused and the client reveals nothing;
     the same request makes a client that skips the verification reveal for a floor the round
-    never certified (the test's power)."""
-    run = _Round(dropped_at_consistency=(3, 4))
-    request = messages.decode(run.requests[1], max_bytes=1 << 20).payload
+    never certified (the test's power). A fifth of the cohort never signed."""
+    silent = tuple(range(3, 3 + size // 5))
+    run = _Round(n=size, t=size // 2 + 1, dropped_at_consistency=silent)
+    request = messages.decode(run.requests[1], max_bytes=1 << 22).payload
     signatures = dict(request.signatures)
-    signatures[3] = signatures[4] = bytes(64)  # the two that never signed
+    signatures.update(dict.fromkeys(silent, bytes(64)))  # those that never signed
     asked = []
 
     def record(floor: int) -> tuple:
         asked.append(floor)
         return ()
 
-    with pytest.raises(AuthenticationFailed, match="client 3"):
+    corrupt = run.policy.corrupt_neighbours(run.config)
+    with pytest.raises(AuthenticationFailed, match=f"client {silent[0]}"):
         run.clients[1].answer_noise_removal(_forged(run, signatures), record)
     assert not asked
     # the client is unchanged by the refusal: the genuine request still gets its answer
     run.clients[1].answer_noise_removal(run.requests[1], record)
-    assert asked == [10 - run.policy.corrupt_neighbours(run.config)]
+    assert asked == [size - len(silent) - corrupt]
 
     weakened = run.clients[2]
     weakened._verify_story = lambda signed: None  # skips the signature check
     weakened.answer_noise_removal(_forged(run, signatures), record)
-    assert asked[-1] == 12 - run.policy.corrupt_neighbours(run.config)  # more than certified
+    assert asked[-1] == size - corrupt  # more than the round certified
 
 
 def test_signatures_from_outside_u3_and_requests_before_the_round_ends_are_refused():
