@@ -10,7 +10,15 @@ import os
 import numpy as np
 import pytest
 
-from secagg import ConfigurationError, InconsistentRequest, UnknownSender, WrongSession
+from secagg import (
+    ConfigurationError,
+    InconsistentRequest,
+    LocalProtocolError,
+    MalformedMessage,
+    PolicyViolation,
+    UnknownSender,
+    WrongSession,
+)
 from secagg.hazmat import shamir
 from secagg.multistep import (
     Outcome,
@@ -109,3 +117,139 @@ def test_an_offer_carries_one_share_for_every_other_contributor(member_id):
     _, _, context, offers = _step()
     holders = [holder for holder, _ in decode(offers[member_id]).payload.ciphertexts]
     assert holders == [c for c in context.contributors if c != member_id]
+
+
+@pytest.mark.parametrize("session_id", [os.urandom(31), "x" * 32])
+def test_a_session_id_must_be_32_bytes(session_id):
+    """A short byte string and a 32-character str are both refused."""
+    with pytest.raises(ConfigurationError, match="session_id"):
+        SessionMember(session_id, 1, policy=POLICY)
+
+
+def test_without_a_policy_a_member_holds_the_secure_defaults():
+    """A member built without a policy refuses a 4-member session (the default floor is 5)."""
+    session_id = os.urandom(32)
+    members = {i: SessionMember(session_id, i) for i in (1, 2, 3, 4)}
+    adverts = {i: m.advertise() for i, m in members.items()}
+    with pytest.raises(PolicyViolation):
+        members[1].join(adverts)
+
+
+def test_the_agreed_session_carries_the_members_collusion_assumption_and_parameters():
+    """join() builds the session from the adverts' settings, not from defaults."""
+    session_id, parameters = os.urandom(32), os.urandom(32)
+    members = {
+        i: SessionMember(session_id, i, corrupt_fraction=0.2, parameters=parameters, policy=POLICY)
+        for i in (1, 2, 3, 4)
+    }
+    adverts = {i: m.advertise() for i, m in members.items()}
+    config = members[1].join(adverts)
+    assert (config.corrupt_fraction, config.parameters) == (0.2, parameters)
+
+
+def test_a_low_order_key_is_a_typed_refusal():
+    """An advert whose X25519 key is the zero point makes the key exchange fail: the member
+    stops with InconsistentRequest naming the peer."""
+    session_id = os.urandom(32)
+    members = {i: SessionMember(session_id, i, policy=POLICY) for i in (1, 2, 3)}
+    adverts = {i: m.advertise() for i, m in members.items()}
+    advert = decode(adverts[3]).payload
+    adverts[3] = encode(
+        dataclasses.replace(advert, agreement_key=bytes(32)),
+        session_id=session_id,
+        step=0,
+        sender=3,
+    )
+    with pytest.raises(InconsistentRequest, match="member 3 advertised a low-order key"):
+        members[1].join(adverts)
+
+
+def test_a_message_of_another_kind_is_malformed_wherever_one_is_expected():
+    """Each entry point decodes only the kind it expects: an offer passed as an advert, a
+    decision, a seed or shares is refused as malformed (not read as something else)."""
+    members, config, context, offers = _step()
+    offer = offers[2]
+    with pytest.raises(MalformedMessage):
+        members[1].reveal(offer)
+    unmasker = StepUnmasker(config, context)
+    seed = members[2].reveal(decision(config, context, Outcome.REVEAL))
+    for call, data in (
+        (unmasker.add_offer, seed),
+        (unmasker.add_seed, offer),
+        (unmasker.add_shares, offer),
+    ):
+        with pytest.raises(MalformedMessage):
+            call(data)
+    fresh = {i: SessionMember(config.session_id, i, policy=POLICY) for i in (1, 2, 3)}
+    adverts = {i: m.advertise() for i, m in fresh.items()}
+    with pytest.raises(MalformedMessage):
+        fresh[1].join({**adverts, 3: offer})
+
+
+def _revealed(member_id=1):
+    members, config, context, offers = _step()
+    members[member_id].reveal(decision(config, context, Outcome.REVEAL))
+    return members, config, context, offers
+
+
+def test_reveal_shares_needs_a_recover_decision_that_names_someone():
+    """A RECOVER naming nobody, and a REVEAL (which never names anyone), are both refused."""
+    members, config, context, offers = _revealed()
+    with pytest.raises(InconsistentRequest, match="needs a RECOVER decision"):
+        members[1].reveal_shares(decision(config, context, Outcome.RECOVER, ()), offers)
+    members, config, context, offers = _revealed()
+    with pytest.raises(InconsistentRequest, match="needs a RECOVER decision"):
+        members[1].reveal_shares(decision(config, context, Outcome.REVEAL), offers)
+
+
+def test_reveal_shares_refuses_a_missing_offer_an_offer_without_a_share_and_a_forged_share():
+    """Each failure is a typed InconsistentRequest naming the owner."""
+    recover = Outcome.RECOVER
+    members, config, context, offers = _revealed()
+    with pytest.raises(InconsistentRequest, match="no share offer of member 4"):
+        members[1].reveal_shares(decision(config, context, recover, (4,)), {})
+
+    members, config, context, offers = _revealed()
+    original = decode(offers[4])
+    without = dataclasses.replace(
+        original.payload,
+        ciphertexts=tuple((h, c) for h, c in original.payload.ciphertexts if h != 1),
+    )
+    data = encode(without, session_id=config.session_id, step=context.step, sender=4)
+    with pytest.raises(InconsistentRequest, match="member 4 sent this member no share"):
+        members[1].reveal_shares(decision(config, context, recover, (4,)), {4: data})
+
+    members, config, context, offers = _revealed()
+    original = decode(offers[4])
+    flipped = tuple(
+        (h, bytes([c[0] ^ 1]) + c[1:]) if h == 1 else (h, c)
+        for h, c in original.payload.ciphertexts
+    )
+    data = encode(
+        dataclasses.replace(original.payload, ciphertexts=flipped),
+        session_id=config.session_id,
+        step=context.step,
+        sender=4,
+    )
+    with pytest.raises(InconsistentRequest, match="share fails authentication"):
+        members[1].reveal_shares(decision(config, context, recover, (4,)), {4: data})
+
+
+@pytest.mark.parametrize("bad", ["list", "dtype", "2-d", "negative offset"])
+def test_unmask_refuses_anything_but_a_ring_vector_of_the_step(bad):
+    """A list, another dtype, a 2-D array and a negative offset are each refused."""
+    members, config, context, offers = _step()
+    unmasker = StepUnmasker(config, context)
+    reveal = decision(config, context, Outcome.REVEAL)
+    for i in context.contributors:
+        unmasker.add_offer(offers[i])
+        unmasker.add_seed(members[i].reveal(reveal))
+    total = np.zeros(context.length, dtype=np.uint32)
+    arguments = {
+        "list": (total.tolist(), 0),
+        "dtype": (total.astype(np.uint64), 0),
+        "2-d": (total.reshape(2, -1), 0),
+        "negative offset": (total[:4], -4),
+    }[bad]
+    with pytest.raises(LocalProtocolError, match="total must be"):
+        unmasker.unmask(arguments[0], offset=arguments[1])

@@ -10,6 +10,7 @@ import secagg
 from secagg import messages
 from secagg.errors import (
     AuthenticationFailed,
+    DuplicateMessage,
     InconsistentRequest,
     LocalProtocolError,
     UnexpectedPhase,
@@ -116,6 +117,9 @@ def test_every_client_that_unmasked_gets_every_signature_and_answers_once():
         assert answer.honest_floor == 12 - run.policy.corrupt_neighbours(run.config)
     with pytest.raises(UnexpectedPhase, match="second"):
         run.clients[1].answer_noise_removal(run.requests[1], _reveal_all)
+    replayed = run.clients[2]._encode(messages.NoiseRemovalResponse(1, ()))
+    with pytest.raises(DuplicateMessage, match="second noise-removal answer"):
+        run.server.receive_noise_removal(replayed)
 
 
 def test_clients_that_did_not_sign_lower_the_floor():
