@@ -30,7 +30,6 @@ Example:
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +37,7 @@ import numpy as np
 from dp.errors import PrivacyConfigError
 from dp.samplers import sample_skellam, skellam_table
 from secagg.hazmat.prg import SEED_BYTES, KeystreamReader
+from secagg.randomness import RandomSource, system_random
 
 __all__ = ["SEED_BYTES", "NoiseSeeds", "RemovableNoise"]
 
@@ -155,11 +155,15 @@ class NoiseSeeds:
     seeds: tuple[bytes, ...]
 
     @classmethod
-    def generate(cls, ladder: RemovableNoise, random_bytes=os.urandom) -> NoiseSeeds:
+    def generate(
+        cls, ladder: RemovableNoise, random_bytes: RandomSource = system_random
+    ) -> NoiseSeeds:
         """Fresh secret seeds, one per ladder component."""
         return cls(tuple(random_bytes(SEED_BYTES) for _ in range(ladder.size)))
 
-    def noise(self, ladder: RemovableNoise, count: int, random_bytes=os.urandom) -> np.ndarray:
+    def noise(
+        self, ladder: RemovableNoise, count: int, random_bytes: RandomSource = system_random
+    ) -> np.ndarray:
         """This client's whole share: the base (from ``random_bytes``) plus every component."""
         base = sample_skellam(ladder.base_variance, count, random_bytes)
         return base + ladder.excess(dict(enumerate(self.seeds)), count)
