@@ -253,3 +253,32 @@ def test_unmask_refuses_anything_but_a_ring_vector_of_the_step(bad):
     }[bad]
     with pytest.raises(LocalProtocolError, match="total must be"):
         unmasker.unmask(arguments[0], offset=arguments[1])
+
+
+def test_an_offer_of_another_kind_makes_the_offer_unusable():
+    """reveal_shares() decodes each offer as an offer: a seed reveal filed as member 4's offer
+    is refused as unusable (typed), never read as an offer."""
+    members, config, context, _offers = _revealed()
+    seed = members[4].reveal(decision(config, context, Outcome.REVEAL))
+    with pytest.raises(InconsistentRequest, match="member 4's offer is unusable"):
+        members[1].reveal_shares(decision(config, context, Outcome.RECOVER, (4,)), {4: seed})
+
+
+def test_a_members_unmasker_is_for_the_step_in_progress():
+    """Before any step there is nothing to unmask; after masking, the member's unmasker removes
+    the self masks of exactly that step."""
+    members, config = make_session((1, 2, 3, 4))
+    with pytest.raises(LocalProtocolError, match="no step in progress"):
+        members[1].unmasker()
+    context = StepContext.every_member(config, step=0, length=16)
+    inputs = {i: np.full(16, i, dtype=np.uint32) for i in config.members}
+    masked, offers = masked_step(members, config, context, inputs)
+    unmasker = members[1].unmasker()
+    assert unmasker.context == context
+    reveal = decision(config, context, Outcome.REVEAL)
+    for i in context.contributors:
+        unmasker.add_offer(offers[i])
+        unmasker.add_seed(members[i].reveal(reveal))
+    total = np.sum(list(masked.values()), axis=0, dtype=np.uint32)
+    unmasker.unmask(total)
+    assert total.tolist() == [10] * 16
