@@ -342,6 +342,23 @@ def test_sweep_rerun_with_more_rounds_is_refused_before_any_run(tmp_path, capsys
     assert _snapshot(out) == before
 
 
+def test_sweep_with_a_refused_point_runs_the_others_and_exits_1(tmp_path, capsys):
+    """A point its run refuses (delta above 1 / the smallest record count): the warning names it
+    and why, the non-private reference still runs and lands in the table, the exit status is 1."""
+    config = tmp_path / "delta.toml"
+    config.write_text("[privacy]\ndelta = 0.2\n")
+    out = tmp_path / "sweep"
+    flags = ["--epsilons", "2", "--level", "sample", "--seeds", "1", "--clients", "6"]
+    code = main(["sweep", "--config", str(config), *flags, "--rounds", "1", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "sample-level epsilon 2 seed 0 refused: privacy.delta = 0.2" in captured.err
+    assert "1 of 2 points were refused" in captured.err
+    document = json.loads((out / "sweep.json").read_text())
+    assert [row["level"] for row in document["runs"]] == ["none"]
+    assert [row["epsilon"] for row in document["refused"]] == [2.0]
+
+
 def test_sweep_over_an_interrupted_run_of_other_rounds_is_refused(tmp_path, capsys):
     """A sweep point interrupted after 2 of 3 rounds, swept again with --rounds 1: refused,
     instead of reporting the 2-round point beside 1-round ones; every file unchanged."""

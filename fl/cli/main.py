@@ -488,7 +488,10 @@ def _add_sweep_parser(
             "sweep.json and accuracy_vs_epsilon.png and print the table. Run it again with the "
             "same --out and the same settings to resume: finished runs are skipped, interrupted "
             "ones resume. Other settings (e.g. more rounds, whose noise would not match the "
-            "points' epsilons) are refused: use another --out."
+            "points' epsilons) are refused: use another --out. A point whose configuration its "
+            "run refuses before round 1 (e.g. an epsilon its level cannot reach with this many "
+            "clients) is reported with the reason and skipped; the others run, and the exit "
+            "status is then 1."
         ),
         epilog=(
             "examples:\n"
@@ -543,6 +546,7 @@ def _sweep(args: argparse.Namespace, output: Output) -> int:
 
     from fl.cli.console import render_sweep
     from fl.cli.sweep import (
+        SweepRefusal,
         SweepRow,
         parse_epsilons,
         plan_sweep,
@@ -584,12 +588,25 @@ def _sweep(args: argparse.Namespace, output: Output) -> int:
         )
         output.event("point", cached=cached, **row.__dict__)
 
-    rows = run_sweep(points, jobs=args.jobs, on_result=report)
-    write_outputs(out, rows, level=level)
+    refused: list[SweepRefusal] = []
+
+    def refuse(refusal: SweepRefusal) -> None:
+        refused.append(refusal)
+        output.warning(refusal.describe())
+        output.event("refused", **refusal.__dict__)
+
+    rows = run_sweep(points, jobs=args.jobs, on_result=report, on_refused=refuse)
+    write_outputs(out, rows, level=level, refused=refused)
     render_sweep(output, summarise(rows), level=names, delta=base.privacy.delta)
     files = ["sweep.csv", "sweep.json", "accuracy_vs_epsilon.png"]
     output.plain(f"written to {out}/: {', '.join(files)}")
     output.event("files", out=str(out), files=files)
+    if refused:
+        output.warning(
+            f"{len(refused)} of {len(points)} points were refused before round 1 (listed above "
+            "and in sweep.json); the table and the plot hold the others"
+        )
+        return 1
     return 0
 
 

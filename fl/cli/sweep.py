@@ -8,6 +8,11 @@ Each point runs in its own process (``jobs`` at a time) and its own folder
 points and resuming interrupted ones from their checkpoints. The results land in ``sweep.csv``,
 ``sweep.json`` and ``accuracy_vs_epsilon.png`` (mean and spread per epsilon, one curve per
 level, with the non-private accuracy as a reference line).
+
+A point whose run refuses its configuration before round 1 (typically an epsilon that its privacy
+level cannot reach at this federation's size) does not stop the sweep: it becomes a
+:class:`SweepRefusal` with the run's reason, is reported as it happens, listed in ``sweep.json``
+and named on the plot; the other points run.
 """
 
 from __future__ import annotations
@@ -29,7 +34,16 @@ from fl.core.config import RunConfig, parse_toml
 from fl.core.report import json_safe, read_summary
 from fl.errors import ConfigError, FLError, OutputError
 
-__all__ = ["SweepPoint", "SweepRow", "parse_epsilons", "plan_sweep", "run_sweep", "summarise"]
+__all__ = [
+    "SweepPoint",
+    "SweepRefusal",
+    "SweepRefusedWarning",
+    "SweepRow",
+    "parse_epsilons",
+    "plan_sweep",
+    "run_sweep",
+    "summarise",
+]
 
 
 @dataclass(frozen=True)
@@ -56,6 +70,26 @@ class SweepRow:
     rounds: int
     wall_seconds: float
     folder: str
+
+
+@dataclass(frozen=True)
+class SweepRefusal:
+    """A point whose run refused its configuration before round 1 (nothing was trained or spent)."""
+
+    epsilon: float
+    seed: int
+    level: str
+    reason: str
+    folder: str
+
+    def describe(self) -> str:
+        """One line: which point, and why."""
+        eps = "inf" if math.isinf(self.epsilon) else f"{self.epsilon:g}"
+        return f"{self.level}-level epsilon {eps} seed {self.seed} refused: {self.reason}"
+
+
+class SweepRefusedWarning(UserWarning):
+    """A sweep point was refused before round 1; the sweep went on without it."""
 
 
 def parse_epsilons(text: str) -> list[float]:
@@ -186,9 +220,9 @@ def _row(point: SweepPoint, summary: dict) -> SweepRow:
     )
 
 
-def _run_point(point: SweepPoint) -> tuple[SweepRow, list[str]]:
-    """Worker: train one point (resuming it if it was interrupted); the row and the warnings
-    the training raised (shown by the parent process)."""
+def _run_point(point: SweepPoint) -> tuple[SweepRow | SweepRefusal, list[str]]:
+    """Worker: train one point (resuming it if it was interrupted); the row, or the refusal of
+    its configuration, and the warnings the training raised (shown by the parent process)."""
     import torch
 
     from fl.engines.inprocess import run_federation
@@ -198,7 +232,11 @@ def _run_point(point: SweepPoint) -> tuple[SweepRow, list[str]]:
     resume = (Path(point.folder) / MANIFEST_FILE).exists()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
-        result = run_federation(config, resume=resume)
+        try:
+            result = run_federation(config, resume=resume)
+        except ConfigError as error:  # raised before round 1: nothing trained, nothing spent
+            refusal = SweepRefusal(point.epsilon, point.seed, point.level, str(error), point.folder)
+            return refusal, [str(w.message) for w in caught]
     return _row(point, result.summary), [str(w.message) for w in caught]
 
 
@@ -207,10 +245,14 @@ def run_sweep(
     *,
     jobs: int = 1,
     on_result: Callable[[SweepRow, bool], None] | None = None,
+    on_refused: Callable[[SweepRefusal], None] | None = None,
 ) -> list[SweepRow]:
     """Run the unfinished points in ``jobs`` processes; ``on_result(row, was_cached)`` per point.
 
-    Warnings raised while training a point are re-raised here, prefixed with its folder.
+    Warnings raised while training a point are re-raised here, prefixed with its folder. A point
+    whose run refuses its configuration (:class:`~fl.errors.ConfigError`, before round 1) goes
+    to ``on_refused``, or, without one, is a :class:`SweepRefusedWarning` naming the point and
+    the reason; either way the other points run and the refused one has no row.
 
     Raises:
         OutputError: a point's folder holds a run made with other settings, or one that cannot
@@ -232,12 +274,18 @@ def run_sweep(
         with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=context) as pool:
             futures = [pool.submit(_run_point, point) for point in pending]
             for future in as_completed(futures):
-                row, messages = future.result()
+                outcome, messages = future.result()
                 for message in messages:
-                    warnings.warn(f"{row.folder}: {message}", stacklevel=2)
-                rows.append(row)
+                    warnings.warn(f"{outcome.folder}: {message}", stacklevel=2)
+                if isinstance(outcome, SweepRefusal):
+                    if on_refused:
+                        on_refused(outcome)
+                    else:
+                        warnings.warn(outcome.describe(), SweepRefusedWarning, stacklevel=2)
+                    continue
+                rows.append(outcome)
                 if on_result:
-                    on_result(row, False)
+                    on_result(outcome, False)
     return sorted(rows, key=lambda r: (r.epsilon, r.seed))
 
 
@@ -265,9 +313,14 @@ def summarise(rows: Sequence[SweepRow]) -> list[dict]:
 
 
 def write_outputs(
-    out: Path, rows: Sequence[SweepRow], *, level: PrivacyLevel | Sequence[PrivacyLevel]
+    out: Path,
+    rows: Sequence[SweepRow],
+    *,
+    level: PrivacyLevel | Sequence[PrivacyLevel],
+    refused: Sequence[SweepRefusal] = (),
 ) -> None:
-    """Write ``sweep.csv``, ``sweep.json`` and ``accuracy_vs_epsilon.png`` into ``out``."""
+    """Write ``sweep.csv``, ``sweep.json`` and ``accuracy_vs_epsilon.png`` into ``out``; refused
+    points are listed in ``sweep.json`` (``refused``) and named under the plot."""
     levels = [level] if isinstance(level, PrivacyLevel) else list(level)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "sweep.csv", "w", newline="") as handle:
@@ -280,13 +333,16 @@ def write_outputs(
         "level": ",".join(v.value for v in levels),
         "summary": table,
         "runs": [asdict(r) for r in rows],
+        "refused": [asdict(r) for r in refused],
     }
     # strict JSON: the non-private reference's epsilon (inf) is written as null
     (out / "sweep.json").write_text(json.dumps(json_safe(document), indent=1) + "\n")
-    _plot(out, table, levels)
+    _plot(out, table, levels, refused)
 
 
-def _plot(out: Path, table: list[dict], levels: Sequence[PrivacyLevel]) -> None:
+def _plot(
+    out: Path, table: list[dict], levels: Sequence[PrivacyLevel], refused: Sequence[SweepRefusal]
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -327,5 +383,10 @@ def _plot(out: Path, table: list[dict], levels: Sequence[PrivacyLevel]) -> None:
     )
     axis.grid(alpha=0.3)
     axis.legend()
+    if refused:
+        names = sorted({(r.level, r.epsilon) for r in refused})
+        listed = ", ".join(f"{lv} epsilon {eps:g}" for lv, eps in names)
+        note = f"refused before round 1 (sweep.json says why): {listed}"
+        figure.text(0.01, 0.005, note, fontsize=8, color="dimgrey")
     figure.savefig(out / "accuracy_vs_epsilon.png", dpi=110)
     plt.close(figure)

@@ -9,7 +9,14 @@ import torch
 from torch import nn
 
 from dp.ledger import PrivacyLedger, PrivacyLevel, SampleLevelEntry
-from fl.cli.sweep import parse_epsilons, plan_sweep, run_sweep, summarise, write_outputs
+from fl.cli.sweep import (
+    SweepRefusedWarning,
+    parse_epsilons,
+    plan_sweep,
+    run_sweep,
+    summarise,
+    write_outputs,
+)
 from fl.core.config import RunConfig
 from fl.engines.inprocess import run_federation
 from fl.errors import ConfigError
@@ -196,6 +203,28 @@ def test_sweep_over_two_epsilons_writes_its_files(tmp_path):
     cached = []
     run_sweep(points, jobs=1, on_result=lambda row, was_cached: cached.append(was_cached))
     assert cached == [True, True, True]
+
+
+def test_a_refused_point_is_reported_and_the_sweep_goes_on(tmp_path):
+    """A point whose run refuses its configuration before round 1 (here delta above 1 / the
+    smallest client's record count) does not stop the sweep: it is a visible warning naming the
+    point and the reason, the other points run, and sweep.json lists it under `refused`."""
+    base = _config(tmp_path, **{"training.rounds": 1, "privacy.delta": 0.2})
+    sample = base.privacy.level.__class__("sample")
+    points = plan_sweep(
+        base, epsilons=parse_epsilons("2,inf"), level=sample, seeds=1, out=tmp_path / "sweep"
+    )
+    with pytest.warns(SweepRefusedWarning, match=r"sample-level epsilon 2 seed 0 .*privacy\.delta"):
+        rows = run_sweep(points, jobs=1)
+    assert [(r.level, r.epsilon) for r in rows] == [("none", float("inf"))]
+    refused = []
+    again = run_sweep(points, jobs=1, on_refused=refused.append)  # the reference is cached
+    assert again == rows
+    assert [(r.level, r.epsilon) for r in refused] == [("sample", 2.0)]
+    assert "below 1 / " in refused[0].reason
+    write_outputs(tmp_path / "sweep", rows, level=sample, refused=refused)
+    document = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert [(r["level"], r["epsilon"]) for r in document["refused"]] == [("sample", 2.0)]
 
 
 def test_epsilon_list_parsing():
