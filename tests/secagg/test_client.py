@@ -20,6 +20,7 @@ from secagg import (
     WrongSession,
     messages,
 )
+from secagg import keys
 from secagg.hazmat.signing import SigningKey
 from secagg.randomness import DeterministicRandom
 from tests.secagg.harness import Round
@@ -165,6 +166,79 @@ def test_roster_with_a_forged_key_signature_is_refused():
     with pytest.raises(AuthenticationFailed):
         r.clients[1].receive(r.from_server(forged))
     assert r.clients[1].stage is ClientStage.ERROR
+
+
+def _roster_of(r, client_id):
+    return messages.decode(r.advertise()[client_id], max_bytes=1 << 20).payload
+
+
+def _with_keys(entry, channel_key, mask_key, signature=b""):
+    return messages.RosterEntry(entry.client_id, channel_key, mask_key, signature)
+
+
+def test_a_colluder_that_copies_an_honest_peers_keys_is_refused():
+    """With identities, a colluding client v may sign an honest peer u's public keys as its own;
+    a server that forwards both would give the target w one pairwise seed for u and v, so that
+    the two masks cancel in w's masked input (one sign each). w refuses a roster that lists a
+    public key twice, and stays unchanged-then-stopped as for any lying server."""
+    r = Round(6, threshold=4, neighbours=5, identities=True)
+    roster = _roster_of(r, 3)
+    honest, colluder = roster.entries[0], roster.entries[-1]
+    assert honest.client_id < 3 < colluder.client_id  # opposite signs in client 3's mask
+    transcript = keys.key_advertisement_transcript(
+        r.config.digest, colluder.client_id, honest.channel_key, honest.mask_key
+    )
+    copied = _with_keys(
+        colluder,
+        honest.channel_key,
+        honest.mask_key,
+        r.signing_keys[colluder.client_id].sign(transcript),
+    )
+    forged = dataclasses.replace(roster, entries=(*roster.entries[:-1], copied))
+    with pytest.raises(InconsistentRequest, match="reuses a public key"):
+        r.clients[3].receive(r.from_server(forged))
+    assert r.clients[3].stage is ClientStage.ERROR
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "channel key of an earlier entry",
+        "mask key of an earlier entry",
+        "earlier entry's mask key as channel key",
+        "key of an entry further back",
+        "the client's own mask key",
+        "one key as channel and mask key",
+    ],
+)
+def test_every_shape_of_key_reuse_in_a_roster_is_refused(shape):
+    """Each way a roster can list one public key twice, or hand the client its own key back, is
+    refused: a key equal to an earlier entry's channel or mask key (whichever of the two new
+    keys repeats, however far back), the client's own key, or one key used as both of an
+    entry's keys."""
+    r = Round(6, threshold=4, neighbours=5)
+    roster = _roster_of(r, 1)
+    entries = list(roster.entries)
+    first, second, last = entries[0], entries[1], entries[-1]
+    fresh = b"\x09" * 32
+    replacement = {
+        "channel key of an earlier entry": _with_keys(second, first.channel_key, second.mask_key),
+        "mask key of an earlier entry": _with_keys(second, second.channel_key, first.mask_key),
+        "earlier entry's mask key as channel key": _with_keys(
+            second, first.mask_key, second.mask_key
+        ),
+        "key of an entry further back": _with_keys(last, first.channel_key, last.mask_key),
+        "one key as channel and mask key": _with_keys(second, fresh, fresh),
+    }
+    if shape == "the client's own mask key":
+        own = r.clients[1]._mask_key.public_bytes
+        entries[1] = _with_keys(second, second.channel_key, own)
+    else:
+        index = len(entries) - 1 if shape == "key of an entry further back" else 1
+        entries[index] = replacement[shape]
+    forged = dataclasses.replace(roster, entries=tuple(entries))
+    with pytest.raises(InconsistentRequest, match="reuses a public key"):
+        r.clients[1].receive(r.from_server(forged))
 
 
 def test_too_small_neighbourhood_stops_the_client():
