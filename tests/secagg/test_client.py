@@ -7,20 +7,23 @@ import pytest
 
 from secagg import (
     AuthenticationFailed,
+    Client,
+    ClientPolicy,
     ClientStage,
     ConfigurationError,
     InconsistentRequest,
     InvalidInput,
     LocalProtocolError,
     MalformedMessage,
+    SecAggConfig,
     ThresholdNotMet,
     UnexpectedPhase,
     UnknownSender,
     UnsupportedVersion,
     WrongSession,
+    keys,
     messages,
 )
-from secagg import keys
 from secagg.hazmat.signing import SigningKey
 from secagg.randomness import DeterministicRandom
 from tests.secagg.harness import Round
@@ -318,11 +321,13 @@ def test_malformed_and_out_of_phase_messages_leave_the_client_unchanged():
 def test_input_must_be_set_before_masking_and_fit_the_configuration():
     """Local misuse raises LocalProtocolError/InvalidInput and leaves the client usable."""
     r = Round(4, threshold=3, neighbours=3)
+    fresh = Client(r.config, 1, policy=r.policy, random_bytes=DeterministicRandom(5))
+    r.clients[1] = fresh  # set_input() never called
     bundles = r.step(r.advertise())
     client = r.clients[1]
-    client._input = None  # as if set_input() had never been called
     with pytest.raises(LocalProtocolError, match="set_input"):
         client.receive(bundles[1])
+    assert client.stage is ClientStage.KEYS_SHARED
     with pytest.raises(InvalidInput):
         client.set_input(np.zeros(5, dtype=int))
     with pytest.raises(InvalidInput):
@@ -333,6 +338,18 @@ def test_input_must_be_set_before_masking_and_fit_the_configuration():
         client.set_input(r.inputs[1])
     with pytest.raises(LocalProtocolError):
         client.advertise_keys()
+
+
+def test_an_input_beyond_the_sessions_input_bound_is_refused():
+    """The session's input_bound (which sizes the ring for the sum of n inputs) binds every
+    element, read as a signed integer: bound and -bound are accepted, one beyond either is an
+    InvalidInput naming the bound, and the client keeps no input from the refused call."""
+    config = SecAggConfig.create(range(1, 5), 3, threshold=3, neighbours=3, input_bound=5)
+    client = Client(config, 1, policy=ClientPolicy.permissive())
+    client.set_input(np.array([5, -5, 0]))
+    for bad in ([6, 0, 0], [0, -6, 0]):
+        with pytest.raises(InvalidInput, match="5"):
+            client.set_input(np.array(bad))
 
 
 def test_client_construction_is_validated():

@@ -171,3 +171,26 @@ def test_a_coefficient_word_equal_to_the_prime_is_drawn_again():
     assert len(calls) == 2
     limbs = np.frombuffer(shares[0][0], dtype="<u4")
     assert np.all(limbs == 0x01010101), "share at x = 1 of the zero secret is the coefficient"
+
+
+def test_a_share_that_sums_to_the_prime_is_written_as_zero():
+    """Shares are canonical elements of GF(p): when a share's value comes to exactly p (here the
+    coefficient is p - secret limb at x = 1, so c + s = p for every limb), it is written as 0,
+    not p; every share then stays inside the field and the holders reconstruct the secret."""
+    secret = bytes(range(1, 33))
+    limbs = shamir._secret_to_limbs(secret)
+    words = np.array([(shamir.PRIME - limb) % shamir.PRIME for limb in limbs], dtype="<u4")
+    shares = shamir.split([secret], threshold=2, xs=[1, 2], random_bytes=lambda n: words.tobytes())
+    at_one = np.frombuffer(shares[0][0], dtype="<u4")
+    assert np.all(at_one == 0), "c + s = p for every limb, which is 0 in GF(p)"
+    assert shamir.reconstruct_many([1, 2], [[shares[0][0], shares[1][0]]]) == [secret]
+
+
+@pytest.mark.parametrize("bad", [0, shamir.PRIME, shamir.PRIME + 1])
+def test_an_x_coordinate_outside_one_to_p_minus_one_is_refused(bad):
+    """x = 0 and x = p (which is 0 in GF(p)) would be a share equal to the secret itself; both,
+    and anything beyond p, are refused when sharing and when reconstructing."""
+    with pytest.raises(ValueError, match="x-coordinates must lie in"):
+        shamir.split([bytes(32)], threshold=2, xs=[1, bad], random_bytes=os.urandom)
+    with pytest.raises(ValueError, match="x-coordinates must lie in"):
+        shamir.lagrange_at_zero([1, bad])
