@@ -77,7 +77,7 @@ def _binomial_pmf(k: int, p: float) -> tuple[float, ...]:
 def _binomial_tail(k: int, p: float, lo: int, hi: int) -> float:
     """P[lo <= Binomial(k, p) <= hi]."""
     lo, hi = max(lo, 0), min(hi, k)
-    return sum(_binomial_pmf(k, p)[lo : hi + 1])
+    return sum(_binomial_pmf(k, p)[lo : hi + 1]) if lo <= hi else 0
 
 
 @lru_cache(maxsize=65536)
