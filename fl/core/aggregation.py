@@ -19,11 +19,16 @@ from secagg.randomness import RandomSource, system_random
 __all__ = [
     "AggregateOutcome",
     "ClientUpdate",
+    "FixedPointEncoding",
+    "NoisyEncoding",
+    "ProtocolRunner",
     "contributes_in_the_clear",
     "finite_updates",
     "plain_weighted_mean",
+    "run_in_process",
     "secure_noisy_mean",
     "secure_weighted_mean",
+    "system_sources",
 ]
 
 
@@ -56,6 +61,74 @@ class AggregateOutcome:
     bytes_down: int
     seconds: float
     error_bound: float
+
+
+def system_sources(_client: int) -> RandomSource:
+    """Every client's randomness from :func:`os.urandom` (the default)."""
+    return system_random
+
+
+@dataclass(frozen=True, eq=False)
+class FixedPointEncoding:
+    """How each client turns its update into ring words for the weighted mean: clip, quantise
+    and pack ``[w, w*q]`` (:class:`~secagg.encoding.FixedPointEncoder`).
+
+    Picklable whenever ``random`` is (a module-level function or class instance, not a lambda),
+    so a worker process can encode its clients' updates.
+
+    Attributes:
+        encoder: the round's encoder.
+        random: ``client id -> random source`` for stochastic rounding.
+    """
+
+    encoder: FixedPointEncoder
+    random: Callable[[int], RandomSource] = system_sources
+
+    def __call__(self, client: int, update: ClientUpdate) -> np.ndarray:
+        """Client ``client``'s ring vector."""
+        return self.encoder.encode(
+            update.vector, weight=update.weight, random_bytes=self.random(client)
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class NoisyEncoding:
+    """How each client clips, rotates, rounds and noises its update for client-level DP
+    (:class:`~dp.distributed.DistributedNoiseEncoder`); picklable as :class:`FixedPointEncoding`.
+
+    Attributes:
+        encoder: the round's encoder.
+        rotation_seed: the round's public rotation seed.
+        random: ``client id -> random source`` for rounding and noise.
+    """
+
+    encoder: DistributedNoiseEncoder
+    rotation_seed: bytes
+    random: Callable[[int], RandomSource] = system_sources
+
+    def __call__(self, client: int, update: ClientUpdate) -> np.ndarray:
+        """Client ``client``'s ring vector, its noise share included."""
+        return self.encoder.encode(
+            update.vector, rotation_seed=self.rotation_seed, random_bytes=self.random(client)
+        )
+
+
+ProtocolRunner = Callable[..., secagg.AggregationResult]
+"""``runner(updates, encoding, **protocol) -> secagg.AggregationResult``: encode each client's
+update with ``encoding`` and run one secure-aggregation round on the results, with the keyword
+arguments of :func:`secagg.aggregate`. :func:`run_in_process` does both here, client after
+client; :class:`fl.engines.pool.PooledProtocol` does the clients' side in worker processes."""
+
+
+def run_in_process(
+    updates: Mapping[int, ClientUpdate],
+    encoding: Callable[[int, ClientUpdate], np.ndarray],
+    **protocol: object,
+) -> secagg.AggregationResult:
+    """The default :data:`ProtocolRunner`: every client encodes, then :func:`secagg.aggregate`
+    runs all parties in this process."""
+    encoded = {u: encoding(u, update) for u, update in updates.items()}
+    return secagg.aggregate(encoded, **protocol)
 
 
 def contributes_in_the_clear(phase: secagg.Phase | None) -> bool:
@@ -162,6 +235,7 @@ def secure_weighted_mean(
     policy: secagg.ClientPolicy | None = None,
     rounding_random: Callable[[int], RandomSource] | None = None,
     progress: secagg.ProgressCallback | None = None,
+    runner: ProtocolRunner | None = None,
 ) -> AggregateOutcome:
     """The weighted mean of the updates, computed by secure aggregation of ``[w, w*q]``.
 
@@ -183,6 +257,8 @@ def secure_weighted_mean(
         rounding_random: ``client id -> random source`` for stochastic rounding (``os.urandom``
             unless a reproducible simulation seeds it).
         progress: per-phase progress callback of the protocol.
+        runner: where the clients encode and run their side of the protocol
+            (:func:`run_in_process` by default).
 
     Raises:
         secagg.ThresholdNotMet: too many dropouts; no mean is released.
@@ -205,13 +281,9 @@ def secure_weighted_mean(
         precision_bits=precision_bits,
         ring_bits=ring_bits,
     )
-    source = rounding_random or (lambda _client: system_random)
-    encoded = {
-        u: encoder.encode(update.vector, weight=update.weight, random_bytes=source(u))
-        for u, update in updates.items()
-    }
-    result = secagg.aggregate(
-        encoded,
+    result = (runner or run_in_process)(
+        updates,
+        FixedPointEncoding(encoder, rounding_random or system_sources),
         threshold=threshold,
         neighbours=neighbours,
         ring_bits=ring_bits,
@@ -243,10 +315,14 @@ def secure_noisy_mean(
     round_index: int = 0,
     policy: secagg.ClientPolicy | None = None,
     noise_random: Callable[[int], RandomSource] | None = None,
+    progress: secagg.ProgressCallback | None = None,
+    runner: ProtocolRunner | None = None,
 ) -> AggregateOutcome:
     """Client-level DP mean: each client clips, rounds and adds its share of integer noise
     (:class:`dp.distributed.DistributedNoiseEncoder`) before masking, so the unmasked sum is
     already noisy; the server divides it by the number of contributors (equal weights).
+
+    ``progress`` and ``runner`` are as for :func:`secure_weighted_mean`.
 
     Raises:
         secagg.ThresholdNotMet: too many dropouts; nothing is released.
@@ -261,13 +337,9 @@ def secure_noisy_mean(
     policy.check_noise(
         shape, noise_multiplier=encoder.noise_multiplier, noise_shares=encoder.noise_shares
     )
-    source = noise_random or (lambda _client: system_random)
-    encoded = {
-        u: encoder.encode(update.vector, rotation_seed=rotation_seed, random_bytes=source(u))
-        for u, update in updates.items()
-    }
-    result = secagg.aggregate(
-        encoded,
+    result = (runner or run_in_process)(
+        updates,
+        NoisyEncoding(encoder, rotation_seed, noise_random or system_sources),
         threshold=threshold,
         neighbours=neighbours,
         ring_bits=encoder.ring_bits,
@@ -275,6 +347,7 @@ def secure_noisy_mean(
         dropouts=_phases_to_clients(dropouts or {}),
         round_index=round_index,
         policy=policy,
+        progress=progress,
     )
     contributors = len(result.contributors)
     return _outcome(

@@ -1,5 +1,10 @@
 """One round of the federation: sample, train, aggregate, apply, evaluate.
 
+Where the clients' work runs: in this process, client after client, or, with a
+:class:`~fl.engines.pool.WorkerPool`, in worker processes (training balanced by the clients'
+sizes, then encoding and the clients' side of the protocol). The two give the same model bit
+for bit: every client's work depends on the seed, the round and the client alone.
+
 Randomness: cohorts, dropouts, minibatch order and stochastic rounding derive from
 ``(config.seed, round, client)``, so rounds replay exactly. Protocol keys and masks always come
 from ``os.urandom``. DP noise comes from ``os.urandom`` as well, unless
@@ -12,9 +17,8 @@ and a resumed run continues from what was recorded.
 
 from __future__ import annotations
 
-import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +32,7 @@ from fl.algorithms.fedavg import FedAvgServer, sample_cohort
 from fl.core.aggregation import (
     AggregateOutcome,
     ClientUpdate,
+    ProtocolRunner,
     contributes_in_the_clear,
     finite_updates,
     plain_weighted_mean,
@@ -38,16 +43,61 @@ from fl.core.config import RunConfig
 from fl.core.data import FederatedData
 from fl.core.privacy import ClientLevelPlan, SampleLevelPlan, client_encoder
 from fl.core.report import RoundMetrics
-from fl.core.training import train_locally
 from fl.engines.base import Engine
+from fl.engines.local import ClientTask, LocalTrainer, TrainedClient, stream_seed
+from fl.engines.pool import PooledProtocol, WorkerPool, train_cohort
 from secagg.randomness import DeterministicRandom, RandomSource, system_random
 
-__all__ = ["Federation", "TrainedCohort", "draw_dropouts", "poisson_cohort", "stream_seed"]
+__all__ = [
+    "Federation",
+    "NoiseStreams",
+    "RoundProgress",
+    "RoundingStreams",
+    "TrainedCohort",
+    "draw_dropouts",
+    "poisson_cohort",
+    "stream_seed",
+]
 
 
-def stream_seed(*key: int) -> int:
-    """A 63-bit seed for one (seed, round, client) stream."""
-    return int(np.random.SeedSequence(list(key)).generate_state(1, np.uint64)[0] >> np.uint64(1))
+@dataclass(frozen=True)
+class RoundingStreams:
+    """Each client's replayable stochastic-rounding stream in one round (picklable, so a
+    worker process draws exactly what this process would)."""
+
+    seed: int
+    round_index: int
+
+    def __call__(self, client: int) -> RandomSource:
+        return DeterministicRandom(f"{self.seed}/{self.round_index}/{client}".encode())
+
+
+@dataclass(frozen=True)
+class NoiseStreams:
+    """Each client's DP-noise randomness in one round: :func:`os.urandom`, or a replayable
+    stream when the run asks for reproducible noise (picklable, as :class:`RoundingStreams`)."""
+
+    seed: int
+    round_index: int
+    reproducible: bool
+
+    def __call__(self, client: int) -> RandomSource:
+        if self.reproducible:
+            return DeterministicRandom(
+                repr(("noise", self.seed, self.round_index, client)).encode()
+            )
+        return system_random
+
+
+@dataclass(frozen=True)
+class RoundProgress:
+    """Where a round is: local training (``phase`` None) or a protocol phase, ``done`` of
+    ``total`` steps (clients)."""
+
+    round: int
+    phase: secagg.Phase | None
+    done: int
+    total: int
 
 
 def poisson_cohort(clients: list[int], rate: float) -> list[int]:
@@ -99,6 +149,8 @@ class Federation(Engine[TrainedCohort]):
     ledger: PrivacyLedger | None = None
     sample_plan: SampleLevelPlan | None = None
     client_plan: ClientLevelPlan | None = None
+    pool: WorkerPool | None = None
+    progress: Callable[[RoundProgress], None] | None = None
     _pending: list[SampleLevelEntry | ClientLevelEntry] = field(default_factory=list)
     _drawn: tuple[int, list[int]] | None = None
     _dropouts: dict[int, secagg.Phase] = field(default_factory=dict)
@@ -112,10 +164,15 @@ class Federation(Engine[TrainedCohort]):
         """The floors every client holds (the run configuration's ``[policy]``)."""
         return self.config.policy.client_policy()
 
-    def _noise_source(self, *key: int) -> RandomSource:
-        if self.config.privacy.reproducible_noise:
-            return DeterministicRandom(repr(("noise", self.config.seed, *key)).encode())
-        return system_random
+    @property
+    def trainer(self) -> LocalTrainer:
+        """What every client needs to train (shipped to each worker of a pool)."""
+        return LocalTrainer(self.config, self.working, self.device, self.sample_plan)
+
+    @property
+    def _runner(self) -> ProtocolRunner | None:
+        """Where the clients run their side of the protocol (None: in this process)."""
+        return None if self.pool is None else PooledProtocol(self.pool)
 
     def _generator(self, round_index: int) -> np.random.Generator:
         return np.random.default_rng([self.config.seed, round_index])
@@ -195,46 +252,37 @@ class Federation(Engine[TrainedCohort]):
     def dimension(self) -> int:
         return int(self.server.global_vector.numel())
 
-    def _train(self, round_index: int, client: int) -> tuple[ClientUpdate, float]:
-        x, y = self.data.client_arrays(client)
-        seed = stream_seed(self.config.seed, round_index, client)
-        training = self.config.training
-        if self.level is not PrivacyLevel.SAMPLE:
-            local = train_locally(
-                self.working,
-                self.server.global_vector,
-                x,
-                y,
-                training=training,
-                device=self.device,
-                generator=torch.Generator().manual_seed(seed),
-            )
-            return local.update, local.seconds
-        from dp.local import SECRET_SEED_BYTES, train_privately  # Opacus loads only here
+    def _train_all(self, round_index: int, cohort: Sequence[int]) -> dict[int, TrainedClient]:
+        """Every client of ``cohort`` trains from the global model: in the pool when there is
+        one, else here, client after client; progress is reported per client."""
+        tasks = [ClientTask(u, *self.data.client_arrays(u)) for u in cohort]
+        global_vector = self.server.global_vector
+        done = 0
 
-        privacy, plan = self.config.privacy, self.sample_plan
-        secret = seed if privacy.reproducible_noise else os.urandom(SECRET_SEED_BYTES)
-        result = train_privately(
-            self.server.model,
-            x,
-            y,
-            epochs=training.local_epochs,
-            batch_size=training.batch_size,
-            learning_rate=training.learning_rate,
-            momentum=training.momentum,
-            noise_multiplier=plan.noise[client],
-            max_grad_norm=privacy.clip,
-            max_physical_batch=privacy.max_physical_batch,
-            ghost_clipping=privacy.ghost_clipping,
-            seed=secret,
-            device=self.device,
-            sampling_rate=plan.sampling_rate[client],
-            expected_batch_size=plan.expected_batch(client),
-        )
-        self._pending.append(plan.entry(round_index, client, privacy.clip))
-        delta = (result.parameters - self.server.global_vector).numpy()
-        # the weight is the released noisy count: nothing the server decodes depends on len(y)
-        return ClientUpdate(vector=delta, weight=plan.noisy_counts[client]), result.seconds
+        def trained_one(_client: int) -> None:
+            nonlocal done
+            done += 1
+            self._report(round_index, None, done, len(tasks))
+
+        self._report(round_index, None, 0, len(tasks))
+        if self.pool is not None:
+            return train_cohort(
+                self.pool, round_index, global_vector, tasks, on_trained=trained_one
+            )
+        trainer, results = self.trainer, {}
+        for task in tasks:
+            results[task.client] = trainer.train(round_index, task, global_vector)
+            trained_one(task.client)
+        return results
+
+    def _report(self, round_index: int, phase: secagg.Phase | None, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(RoundProgress(round_index + 1, phase, done, total))
+
+    def _protocol_progress(self, round_index: int) -> secagg.ProgressCallback | None:
+        if self.progress is None:
+            return None
+        return lambda phase, done, total: self._report(round_index, phase, done, total)
 
     def _aggregate(
         self, updates: dict[int, ClientUpdate], dropouts: dict, round_index: int
@@ -249,6 +297,8 @@ class Federation(Engine[TrainedCohort]):
             dropouts=dropouts,
             round_index=round_index,
             policy=self.policy,
+            progress=self._protocol_progress(round_index),
+            runner=self._runner,
         )
         if self.level is PrivacyLevel.CLIENT:
             encoder = self._client_encoder(len(updates))
@@ -259,7 +309,9 @@ class Federation(Engine[TrainedCohort]):
                 updates,
                 encoder=encoder,
                 rotation_seed=rotation_seed,
-                noise_random=lambda client: self._noise_source(round_index, client),
+                noise_random=NoiseStreams(
+                    config.seed, round_index, config.privacy.reproducible_noise
+                ),
                 **protocol,
             )
             self._pending.append(
@@ -276,9 +328,7 @@ class Federation(Engine[TrainedCohort]):
             clip=secure.clip,
             precision_bits=secure.precision_bits,
             ring_bits=secure.ring_bits,
-            rounding_random=lambda client: DeterministicRandom(
-                f"{config.seed}/{round_index}/{client}".encode()
-            ),
+            rounding_random=RoundingStreams(config.seed, round_index),
             **protocol,
         )
 
@@ -307,10 +357,12 @@ class Federation(Engine[TrainedCohort]):
 
     def train(self, round_index: int, cohort: Sequence[int]) -> TrainedCohort:
         """Local training of every sampled client; non-finite updates are left out."""
-        updates, seconds = {}, 0.0
-        for client in cohort:
-            updates[client], took = self._train(round_index, client)
-            seconds += took
+        trained = self._train_all(round_index, cohort)
+        updates = {u: trained[u].update for u in cohort}
+        seconds = sum(trained[u].seconds for u in cohort)
+        if self.level is PrivacyLevel.SAMPLE:
+            clip = self.config.privacy.clip
+            self._pending.extend(self.sample_plan.entry(round_index, u, clip) for u in cohort)
         updates, non_finite = finite_updates(updates)
         dropouts = {u: phase for u, phase in self._dropouts.items() if u in updates}
         return TrainedCohort(updates, dropouts, non_finite, seconds)
