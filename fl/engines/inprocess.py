@@ -48,7 +48,8 @@ from fl.core.run_folder import (
     new_run_folder,
     write_config,
 )
-from fl.engines.federation import Federation
+from fl.engines.federation import Federation, RoundProgress
+from fl.engines.pool import WorkerPool, worker_count
 from fl.errors import CheckpointError, ConfigError, NonFiniteUpdateWarning
 from secagg.encoding import FixedPointEncoder
 
@@ -96,6 +97,9 @@ class RunStart:
         calibrated_rounds: the rounds that calibration covers.
         epsilon_projected: the epsilon after ``training.rounds`` if every round releases, when
             the run goes past ``calibrated_rounds`` (None otherwise).
+        workers: the processes the clients' work runs in (1: this process).
+        workers_requested: the processes asked for (more than ``workers`` when the cohort is
+            too small to share, see :func:`fl.engines.pool.worker_count`).
     """
 
     config: RunConfig
@@ -105,6 +109,8 @@ class RunStart:
     epsilon_target: float | None
     calibrated_rounds: int | None
     epsilon_projected: float | None
+    workers: int = 1
+    workers_requested: int = 1
 
 
 def resolve_device(device: Device) -> torch.device:
@@ -186,6 +192,8 @@ def run_federation(
     on_start: Callable[[RunStart], None] | None = None,
     on_round: Callable[[RoundMetrics], None] | None = None,
     on_calibration: Callable[[int, int], None] | None = None,
+    on_progress: Callable[[RoundProgress], None] | None = None,
+    workers: int = 1,
 ) -> RunResult:
     """Run (or resume) a federated training and write its output folder.
 
@@ -208,9 +216,17 @@ def run_federation(
         on_round: called with each round's metrics as it completes.
         on_calibration: ``(done, total)`` progress of the noise calibration before round 1
             (default: a plain line on standard output every few seconds).
+        on_progress: called within each round as clients finish training and protocol steps.
+        workers: processes for the clients' work: 1 runs every client in this process; more
+            start that many worker processes (:mod:`fl.engines.pool`), each training, encoding
+            and running the protocol for a share of every cohort; the model is the same bit
+            for bit. A cohort too small to share runs on fewer (:func:`~fl.engines.pool.
+            worker_count`; the :class:`RunStart` says how many).
 
     Raises:
         ConfigError, DataError: invalid settings or data, before round 1.
+        WorkerError: a worker process failed at a client's work (names the round and the
+            client); the run is checkpointed after the last completed round.
         OutputError: the output folder cannot be used (see :func:`fl.core.run_folder.check_output`).
         CheckpointError: the checkpoint to resume does not verify.
         BudgetError: resuming past the calibrated rounds would spend more than the target.
@@ -222,6 +238,7 @@ def run_federation(
         >>> result = run_federation(config, resume=True)  # doctest: +SKIP
     """
     started = time.perf_counter()
+    used = worker_count(workers, config.training.cohort_size)
     if config.out is None:
         config = dataclasses.replace(config, out=str(new_run_folder()))
     out = Path(config.out)
@@ -309,6 +326,9 @@ def run_federation(
                 out=out,
                 nothing_to_do=idle,
             )
+    federation.progress = on_progress
+    if used > 1:  # started before anything is written: a model no worker can load fails here
+        federation.pool = WorkerPool(used, trainer=federation.trainer)
     create_output(out)
 
     def checkpoint(rounds: int) -> None:
@@ -344,30 +364,39 @@ def run_federation(
                 epsilon_target=privacy.epsilon if calibrated is not None else None,
                 calibrated_rounds=calibrated,
                 epsilon_projected=projected,
+                workers=used,
+                workers_requested=workers,
             )
         )
     stopped = None
-    for round_index in range(start, config.training.rounds):
-        if _over_budget(federation, round_index):
-            stopped = f"round {round_index + 1} could exceed max_epsilon = {privacy.max_epsilon}"
-            break
-        metrics = federation.run_round(round_index)
-        if metrics.non_finite:
-            warnings.warn(
-                f"round {metrics.round}: client(s) {', '.join(map(str, metrics.non_finite))} "
-                "sent an update with NaN or infinite values and were left out of the round "
-                f"(check training.learning_rate = {config.training.learning_rate:g})",
-                NonFiniteUpdateWarning,
-                stacklevel=2,
-            )
-        history.append(metrics)
-        append_metrics(out, metrics)
-        checkpoint(round_index + 1)
-        if on_round:
-            on_round(metrics)
+    try:
+        for round_index in range(start, config.training.rounds):
+            if _over_budget(federation, round_index):
+                stopped = (
+                    f"round {round_index + 1} could exceed max_epsilon = {privacy.max_epsilon}"
+                )
+                break
+            metrics = federation.run_round(round_index)
+            if metrics.non_finite:
+                warnings.warn(
+                    f"round {metrics.round}: client(s) {', '.join(map(str, metrics.non_finite))} "
+                    "sent an update with NaN or infinite values and were left out of the round "
+                    f"(check training.learning_rate = {config.training.learning_rate:g})",
+                    NonFiniteUpdateWarning,
+                    stacklevel=2,
+                )
+            history.append(metrics)
+            append_metrics(out, metrics)
+            checkpoint(round_index + 1)
+            if on_round:
+                on_round(metrics)
+    finally:
+        if federation.pool is not None:
+            federation.pool.close()
     seconds = wall_before + time.perf_counter() - started
     summary = _summary(config, history, server, device, seconds)
     summary["stopped_early"] = stopped
+    summary["workers"] = used
     if federation.ledger is not None:
         summary.update(spent_summary(federation.ledger))
         summary["epsilon_target"] = privacy.epsilon if calibrated is not None else None

@@ -8,8 +8,21 @@ side of the protocol in parallel, one share of the cohort per process.
 * :mod:`~fl.engines.pool.protocol` - a secure-aggregation round with the clients in the pool.
 """
 
-from fl.engines.pool.processes import WorkerPool, available_cores
+from fl.engines.pool.processes import (
+    MIN_CLIENTS_PER_WORKER,
+    WorkerPool,
+    available_cores,
+    worker_count,
+)
 from fl.engines.pool.protocol import PooledProtocol
 from fl.engines.pool.training import balance, train_cohort
 
-__all__ = ["PooledProtocol", "WorkerPool", "available_cores", "balance", "train_cohort"]
+__all__ = [
+    "MIN_CLIENTS_PER_WORKER",
+    "PooledProtocol",
+    "WorkerPool",
+    "available_cores",
+    "balance",
+    "train_cohort",
+    "worker_count",
+]

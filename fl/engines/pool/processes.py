@@ -37,14 +37,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from fl.engines.base import ROUND_FAILURES
 from fl.errors import ConfigError, WorkerError
 
-__all__ = ["WorkerPool", "available_cores"]
+__all__ = ["MIN_CLIENTS_PER_WORKER", "WorkerPool", "available_cores", "worker_count"]
 
 _STOP_SECONDS = 5.0
+
+MIN_CLIENTS_PER_WORKER = 32
+"""A worker process pays for its start (a few seconds: it loads torch) and for sending its
+clients' data and updates only with enough clients per round; below this many per worker the
+engine uses fewer workers."""
 
 
 def available_cores() -> int:
@@ -53,6 +59,18 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - macOS, Windows
         return os.cpu_count() or 1
+
+
+def worker_count(requested: int, cohort: int) -> int:
+    """The worker processes a run with ``cohort`` clients per round uses when ``requested``
+    are asked for: at most one per :data:`MIN_CLIENTS_PER_WORKER` clients (1: this process).
+
+    Raises:
+        ConfigError: ``requested`` is not an integer >= 1.
+    """
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+        raise ConfigError("workers", requested, "an integer >= 1 (1: no worker processes)")
+    return max(1, min(requested, cohort // MIN_CLIENTS_PER_WORKER))
 
 
 def _die_with_parent(parent: int) -> None:
@@ -106,14 +124,16 @@ def _serve(conn: Connection, parent: int) -> None:
 
     while True:
         try:
-            command, args = conn.recv()
+            data = conn.recv_bytes()
         except (EOFError, OSError):
             return  # the parent is gone
-        if command == "stop":
-            return
         try:
+            command, args = ForkingPickler.loads(data)
+            if command == "stop":
+                return
             result = commands[command](report, *args)
-        except Exception as error:
+        except Exception as error:  # unloadable arguments (a model class it cannot import), or
+            # the clients' work: reported, and the worker waits for the next command
             reply: tuple = ("error", _describe(error, shard))
         else:
             reply = ("ok", result)
@@ -205,6 +225,21 @@ class WorkerPool:
                 child_end.close()  # the worker holds the only other end: EOF when it dies
                 self._workers.append(_Worker(index, process, parent_end))
             self.pids = tuple(self.call("setup", [(trainer,)] * workers))
+        except WorkerError as error:
+            self.close()
+            if error.remote_type is None:  # a worker died while it started
+                raise WorkerError(
+                    f"{error}. A new process imports the main module: start the run under "
+                    "'if __name__ == \"__main__\":' in a script, or use one process "
+                    "(workers=1, --workers 1)",
+                    worker=error.worker,
+                ) from None
+            raise ConfigError(
+                "workers",
+                workers,
+                "1, or a model that a new process can load (its class defined at module level "
+                f"in an importable module): the workers could not take it ({error})",
+            ) from None
         except BaseException:
             self.close()
             raise
