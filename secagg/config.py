@@ -19,7 +19,7 @@ from secagg.randomness import RandomSource, system_random
 
 __all__ = ["MAX_CLIENT_ID", "PROTOCOL_VERSION", "SESSION_ID_BYTES", "SecAggConfig"]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: instance root in the roster, framed AES-GCM nonces, quorum signatures
 SESSION_ID_BYTES = 32
 MAX_CLIENT_ID = PRIME - 1
 _MAGIC = b"PAGC"

@@ -93,9 +93,15 @@ class ThresholdNotMet(SecAggError):
 
     The server raises it instead of releasing a sum of too few inputs, and a client raises it
     instead of continuing in a neighbourhood too small to protect it. The round is over.
+
+    Attributes:
+        bytes_up, bytes_down: what the round's clients sent and received before it ended, when
+            the raiser measured it (:func:`secagg.aggregate` does), else None.
     """
 
     code = ErrorCode.THRESHOLD_NOT_MET
+    bytes_up: int | None = None
+    bytes_down: int | None = None
 
 
 class RemoteProtocolError(SecAggError):

@@ -122,7 +122,8 @@ def aggregate(
         The sum and what the round cost.
 
     Raises:
-        ThresholdNotMet: too many dropouts for the threshold.
+        ThresholdNotMet: too many dropouts for the threshold (with the bytes sent so far in
+            ``bytes_up`` and ``bytes_down``).
         ConfigurationError: invalid parameters.
         PolicyViolation: the parameters are below the clients' policy.
 
@@ -209,7 +210,12 @@ def aggregate(
             if progress:
                 progress(phase, step, total_steps)
         tick = time.perf_counter()
-        outgoing = server.close_phase()
+        try:
+            outgoing = server.close_phase()
+        except ThresholdNotMet as error:  # the round ends: say what it cost
+            error.bytes_up = sum(sent for party, sent in bytes_sent.items() if party != SERVER_ID)
+            error.bytes_down = bytes_sent[SERVER_ID]
+            raise
         server_seconds += time.perf_counter() - tick
         phase_seconds[phase] = time.perf_counter() - started
         if progress:

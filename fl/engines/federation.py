@@ -383,7 +383,7 @@ class Federation(Engine[TrainedCohort]):
         record = self.step(round_index)
         cohort, trained = list(record.cohort), record.trained
         if trained is None:
-            return self._failed(round_index, cohort, 0.0, dropped=0, traffic=0)
+            return self._failed(round_index, cohort, 0.0, dropped=0, traffic=(0, 0))
         if not record.released:
             reached_the_protocol = len(trained.updates) >= self._needed
             vanished = sum(
@@ -394,7 +394,7 @@ class Federation(Engine[TrainedCohort]):
                 cohort,
                 trained.seconds,
                 dropped=len(trained.non_finite) + (vanished if reached_the_protocol else 0),
-                traffic=None if reached_the_protocol and self.config.secure.enabled else 0,
+                traffic=self._traffic(record.failure) if reached_the_protocol else (0, 0),
                 non_finite=trained.non_finite,
             )
         return self._metrics(
@@ -405,6 +405,12 @@ class Federation(Engine[TrainedCohort]):
             epsilon=self._charge(),
             non_finite=trained.non_finite,
         )
+
+    def _traffic(self, failure: Exception | None) -> tuple[int | None, int | None]:
+        """The bytes a failed round moved: measured by the protocol, none in the clear."""
+        if not self.config.secure.enabled:
+            return 0, 0
+        return getattr(failure, "bytes_up", None), getattr(failure, "bytes_down", None)
 
     def _charge(self) -> float | None:
         if self.ledger is None:
@@ -424,11 +430,12 @@ class Federation(Engine[TrainedCohort]):
         train_seconds: float,
         *,
         dropped: int,
-        traffic: int | None,
+        traffic: tuple[int | None, int | None],
         non_finite: tuple[int, ...] = (),
     ) -> RoundMetrics:
         """Nothing was released: the model is unchanged and no privacy is spent. ``dropped``
-        counts the clients that really dropped out; ``traffic`` is None when not measured."""
+        counts the clients that really dropped out; ``traffic`` is (bytes up, bytes down), None
+        where not measured."""
         self._pending = []
         epsilon = self.ledger.repeat_last() if self.ledger is not None else None
         accuracy, loss = self.server.evaluate(self.data.test_x, self.data.test_y)
@@ -438,8 +445,8 @@ class Federation(Engine[TrainedCohort]):
             loss=loss,
             sampled=len(cohort),
             dropped=dropped,
-            bytes_up=traffic,
-            bytes_down=traffic,
+            bytes_up=traffic[0],
+            bytes_down=traffic[1],
             secagg_seconds=0.0,
             train_seconds=train_seconds,
             failed=True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 import secagg
@@ -74,7 +74,24 @@ def make_client_app(
 
     app = ClientApp(mods=[selective])
     app.train()(_train)
+    app.query()(_partition)
     return app
+
+
+def _partition(msg: Message, context: Context) -> Message:
+    partition = int(context.node_config["partition-id"])
+    return Message(RecordDict({"partition": MetricRecord({"id": partition})}), reply_to=msg)
+
+
+def partitions(grid, nodes: list[int]) -> dict[int, int]:
+    """Ask each node for its ``partition-id`` (a query message the privagg mod passes through)."""
+    messages = [
+        Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in nodes
+    ]
+    return {
+        reply.metadata.src_node_id: int(reply.content.metric_records["partition"]["id"])
+        for reply in grid.send_and_receive(messages)
+    }
 
 
 def identity_keys(count: int) -> list[SigningKey]:
@@ -96,4 +113,5 @@ def make_identity_client_app(count: int, *, impostor: int | None = None) -> Clie
 
     app = ClientApp(mods=[make_privagg_mod(identity)])
     app.train()(_train)
+    app.query()(_partition)
     return app

@@ -15,7 +15,12 @@ import secagg  # noqa: E402
 from fl.core.aggregation import ClientUpdate, secure_weighted_mean  # noqa: E402
 from fl.engines.flower import PrivaggWorkflow, flatten_arrays  # noqa: E402
 from secagg.randomness import DeterministicRandom  # noqa: E402
-from tests.fl.flower_apps import initial_arrays, make_client_app, node_update  # noqa: E402
+from tests.fl.flower_apps import (  # noqa: E402
+    initial_arrays,
+    make_client_app,
+    node_update,
+    partitions,
+)
 
 
 def test_flower_simulation_matches_the_in_process_protocol():
@@ -31,8 +36,11 @@ def test_flower_simulation_matches_the_in_process_protocol():
     def main(grid: Grid, context: Context) -> None:
         workflow = PrivaggWorkflow(num_rounds=1, min_nodes=10, rounding_seed="test")
         nodes = workflow.wait_for_nodes(grid)
-        workflow.dropouts = {nodes[0]: "share-keys", nodes[1]: "masked-input"}
-        outcome["nodes"] = nodes
+        partition_of = partitions(grid, nodes)
+        # the misfits are partitions 8 and 9; the two that drop out are well configured
+        first, second = sorted(nodes, key=lambda node: partition_of[node])[:2]
+        workflow.dropouts = {first: "share-keys", second: "masked-input"}
+        outcome["nodes"], outcome["dropouts"] = nodes, (first, second)
         outcome["final"] = workflow.run(grid, initial_arrays())
         outcome["report"] = workflow.reports[-1]
 
@@ -40,16 +48,14 @@ def test_flower_simulation_matches_the_in_process_protocol():
     run_simulation(
         server_app, app, num_supernodes=10, backend_config={"client_resources": {"num_cpus": 1}}
     )
-    report, nodes = outcome["report"], outcome["nodes"]
+    report, nodes, dropouts = outcome["report"], outcome["nodes"], outcome["dropouts"]
     client_of = {node: i for i, node in enumerate(nodes, start=1)}
     reasons = {int(f.split(":")[0].split()[1]): f for f in report.failures}
-    assert all(
-        r.endswith("privagg error DROPPED_OUT") for n, r in reasons.items() if n in nodes[:2]
-    )
+    assert all(reasons[node].endswith("privagg error DROPPED_OUT") for node in dropouts)
     misfits = {node for node, reason in reasons.items() if "DROPPED_OUT" not in reason}
     assert len(misfits) == 2  # no mod, and other parameters: both refused at the first message
     assert any("different parameters" in reasons[node] for node in misfits)
-    assert set(report.contributors) == set(nodes) - misfits - {nodes[0], nodes[1]}
+    assert set(report.contributors) == set(nodes) - misfits - set(dropouts)
     updates = {client_of[n]: ClientUpdate(*node_update(n)) for n in nodes}
     # the mean depends only on who contributed: every other client counts as dropped from the
     # start (a harsher neighbourhood loss than the Flower round had, so the floor is relaxed)
@@ -85,7 +91,9 @@ def test_flower_with_identities_runs_the_consistency_check_and_refuses_impostors
     def main(grid: Grid, context: Context) -> None:
         workflow = PrivaggWorkflow(num_rounds=1, min_nodes=10, allowlist=allowlist)
         nodes = workflow.wait_for_nodes(grid)
-        workflow.dropouts = {nodes[0]: "consistency-check"}
+        partition_of = partitions(grid, nodes)
+        honest = min(nodes, key=lambda node: partition_of[node])  # partition 9 is the impostor
+        workflow.dropouts = {honest: "consistency-check"}
         workflow.run(grid, initial_arrays())
         outcome["report"], outcome["nodes"] = workflow.reports[-1], nodes
 

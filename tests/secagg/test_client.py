@@ -221,7 +221,7 @@ def test_malformed_and_out_of_phase_messages_leave_the_client_unchanged():
     with pytest.raises(MalformedMessage):
         r.clients[1].receive(b"\x00" * (1 << 22))
     with pytest.raises(UnsupportedVersion):
-        r.clients[1].receive(genuine[:4] + b"\x02" + genuine[5:])
+        r.clients[1].receive(genuine[:4] + b"\x01" + genuine[5:])  # the first version
     with pytest.raises(UnexpectedPhase):
         r.clients[1].receive(r.from_server(messages.ShareBundle(())))
     assert r.clients[1].stage is ClientStage.KEYS_ADVERTISED
