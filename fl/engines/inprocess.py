@@ -328,7 +328,9 @@ def run_federation(
             )
     federation.progress = on_progress
     if used > 1:  # started before anything is written: a model no worker can load fails here
-        federation.pool = WorkerPool(used, trainer=federation.trainer)
+        # a copy of the model goes out: torch moves what it sends into shared memory
+        trainer = dataclasses.replace(federation.trainer, model=copy.deepcopy(federation.working))
+        federation.pool = WorkerPool(used, trainer=trainer)
     create_output(out)
 
     def checkpoint(rounds: int) -> None:

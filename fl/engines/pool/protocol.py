@@ -75,7 +75,8 @@ class PooledProtocol:
         for :func:`secagg.aggregate`; ``encoding`` must be picklable).
 
         Raises:
-            secagg.ThresholdNotMet: too many dropouts for the threshold.
+            secagg.ThresholdNotMet: too many dropouts for the threshold (with the bytes sent so
+                far in ``bytes_up`` and ``bytes_down``, as :func:`secagg.aggregate` sets them).
             secagg.PolicyViolation: the parameters are below the clients' policy.
             secagg.ConfigurationError: invalid parameters.
             WorkerError: a client's work raised something else, or a worker stopped.
@@ -226,7 +227,12 @@ class PooledProtocol:
                 if progress:
                     progress(phase, step, total_steps)
             tick = time.perf_counter()
-            outgoing = server.close_phase()
+            try:
+                outgoing = server.close_phase()
+            except secagg.ThresholdNotMet as error:  # the round ends: say what it cost
+                error.bytes_up = sum(n for party, n in bytes_sent.items() if party != SERVER_ID)
+                error.bytes_down = bytes_sent[SERVER_ID]
+                raise
             server_seconds += time.perf_counter() - tick
             phase_seconds[phase] = time.perf_counter() - started
             if progress:

@@ -44,25 +44,32 @@ class ClientShard:
         self._clients: dict[int, secagg.Client] = {}
 
     def setup(self, report: Report, trainer: LocalTrainer | None) -> int:
-        """Keep the run's trainer; returns this process's id."""
+        """Keep a private copy of the run's trainer; returns this process's id.
+
+        The copy matters: torch sends a model's parameters to another process as shared memory,
+        so without it every worker (and the parent) would train the same parameters at once.
+        """
+        import copy
         import os
 
-        self._trainer = trainer
+        self._trainer = copy.deepcopy(trainer)
         return os.getpid()
 
     def train(
         self,
         report: Report,
         round_index: int,
-        global_vector: torch.Tensor,
+        global_vector: np.ndarray,
         tasks: Sequence[ClientTask],
     ) -> None:
-        """Train each client of ``tasks`` in turn; reports ``(vector, weight, seconds)``."""
+        """Train each client of ``tasks`` in turn from ``global_vector`` (as numpy: it crosses
+        the pipe as bytes, not as shared memory); reports ``(vector, weight, seconds)``."""
         if self._trainer is None:
             raise RuntimeError("this worker has no trainer: the pool was started without one")
+        start = torch.from_numpy(global_vector)
         for task in tasks:
             self.current = (round_index, task.client)
-            trained = self._trainer.train(round_index, task, global_vector)
+            trained = self._trainer.train(round_index, task, start)
             report(task.client, (trained.update.vector, trained.update.weight, trained.seconds))
         self.current = (round_index, None)
 

@@ -56,6 +56,7 @@ def train_cohort(
         WorkerError: a client's training raised, or a worker stopped; names the client.
     """
     shares = balance(tasks, pool.size)
+    start = global_vector.detach().cpu().numpy()  # bytes on the pipe, not shared memory
     trained: dict[int, TrainedClient] = {}
 
     def collect(client: int, item: tuple) -> None:
@@ -66,7 +67,7 @@ def train_cohort(
 
     pool.call(
         "train",
-        [(round_index, global_vector, share) if share else None for share in shares],
+        [(round_index, start, share) if share else None for share in shares],
         clients=[[task.client for task in share] for share in shares],
         round_index=round_index,
         on_item=collect,
