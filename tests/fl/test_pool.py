@@ -1,0 +1,258 @@
+"""The in-process engine's worker pool (fl.engines.pool): the same results bit for bit as one
+process, a worker's failure as a typed error that names the round and the client, and no
+worker process left behind, whether the pool is closed, a worker dies, or the parent is killed.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import secagg
+from dp.distributed import DistributedNoiseEncoder, Mechanism
+from fl.core.aggregation import ClientUpdate, secure_noisy_mean, secure_weighted_mean
+from fl.core.config import RunConfig
+from fl.engines import inprocess
+from fl.engines.federation import NoiseStreams, RoundingStreams
+from fl.engines.local import ClientTask, LocalTrainer
+from fl.engines.pool import PooledProtocol, WorkerPool, balance, processes, train_cohort
+from fl.engines.pool.processes import worker_count
+from fl.errors import ConfigError, WorkerError
+
+MARKER = 1234.5
+"""An example value that makes the failing models below fail on the client that holds it."""
+
+
+class RaiseOnMarker(nn.Module):
+    """A model whose forward pass raises on the marked client's examples."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x == MARKER).any()):
+            raise ArithmeticError("the marked example")
+        return self.linear(x)
+
+
+class ExitOnMarker(RaiseOnMarker):
+    """A model whose forward pass ends its process on the marked client's examples (as the
+    kernel's out-of-memory killer would)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x == MARKER).any()):
+            os._exit(3)
+        return self.linear(x)
+
+
+def _tasks(marked: int | None = None, clients: int = 6) -> list[ClientTask]:
+    generator = np.random.default_rng(0)
+    tasks = []
+    for u in range(1, clients + 1):
+        x = generator.normal(size=(8 + u, 4)).astype(np.float32)
+        if u == marked:
+            x[0, 0] = MARKER
+        tasks.append(ClientTask(u, x, generator.integers(0, 3, size=8 + u)))
+    return tasks
+
+
+def _trainer(model: nn.Module) -> LocalTrainer:
+    return LocalTrainer(RunConfig(), model, torch.device("cpu"))
+
+
+def _gone(pid: int) -> bool:
+    """Whether no process ``pid`` runs (absent, or a zombie waiting to be reaped)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with WorkerPool(2, trainer=_trainer(RaiseOnMarker())) as workers:
+        yield workers
+
+
+def test_pooled_training_is_bit_identical_to_one_process(pool):
+    """Training in two workers gives every client the update one process gives it, bit for bit
+    (same seed stream per (seed, round, client), one intra-op thread everywhere)."""
+    tasks = _tasks()
+    model = RaiseOnMarker()
+    start = torch.cat([p.detach().flatten() for p in model.parameters()])
+    sequential = _trainer(model)
+    expected = {t.client: sequential.train(2, t, start).update for t in tasks}
+    pooled = train_cohort(pool, 2, start, tasks)
+    assert sorted(pooled) == sorted(expected)
+    for u, update in expected.items():
+        assert np.array_equal(pooled[u].update.vector, update.vector), u
+        assert pooled[u].update.weight == update.weight
+
+
+@pytest.mark.parametrize("mode", ["weighted", "noisy"])
+def test_pooled_secure_aggregation_is_bit_identical_to_one_process(pool, mode):
+    """A secure round with the clients' side in the pool (encoding, DP noise shares, the
+    protocol) releases the same mean, contributors and traffic as secagg.aggregate in one
+    process, with dropouts in two phases (seeded rounding and reproducible noise)."""
+    generator = np.random.default_rng(1)
+    updates = {
+        u: ClientUpdate(vector=generator.normal(0, 0.1, 10).astype(np.float32), weight=5 + u)
+        for u in range(1, 9)
+    }
+    dropouts = {3: secagg.Phase.SHARE_KEYS, 6: secagg.Phase.UNMASK}
+
+    def run(runner):
+        if mode == "weighted":
+            return secure_weighted_mean(
+                updates,
+                max_weight=64,
+                clip=1.0,
+                precision_bits=16,
+                ring_bits=32,
+                dropouts=dropouts,
+                round_index=4,
+                rounding_random=RoundingStreams(7, 4),
+                runner=runner,
+            )
+        encoder = DistributedNoiseEncoder(
+            Mechanism.SKELLAM, 10, l2_clip=1.0, noise_multiplier=0.5, cohort=8, noise_shares=4
+        )
+        return secure_noisy_mean(
+            updates,
+            encoder=encoder,
+            rotation_seed=bytes(32),
+            dropouts=dropouts,
+            round_index=4,
+            noise_random=NoiseStreams(7, 4, reproducible=True),
+            runner=runner,
+        )
+
+    here, pooled = run(None), run(PooledProtocol(pool))
+    assert np.array_equal(here.mean, pooled.mean)
+    assert here.contributors == pooled.contributors == frozenset(updates) - {3}
+    assert (here.bytes_up, here.bytes_down) == (pooled.bytes_up, pooled.bytes_down)
+    assert here.total_weight == pooled.total_weight
+
+
+def test_a_client_error_in_a_worker_names_round_and_client(pool):
+    """A client whose training raises in a worker surfaces as a WorkerError naming the round,
+    the client and the original exception; the worker stays usable for the next round."""
+    with pytest.raises(WorkerError, match=r"round 3, client 5: ArithmeticError") as caught:
+        train_cohort(pool, 2, torch.zeros(15), _tasks(marked=5))
+    assert (caught.value.round_index, caught.value.client) == (2, 5)
+    assert caught.value.remote_type == "builtins.ArithmeticError"
+    assert "the marked example" in caught.value.remote_traceback
+    assert pool.healthy
+    assert len(train_cohort(pool, 3, torch.zeros(15), _tasks())) == 6
+
+
+def test_a_worker_that_dies_is_named_and_no_process_is_left(tmp_path):
+    """A worker process that exits mid-round (out of memory, killed) surfaces as a WorkerError
+    naming the round, the client it was training and how it ended; the pool stops every worker
+    and refuses further work."""
+    with WorkerPool(2, trainer=_trainer(ExitOnMarker())) as pool:
+        pids = pool.pids
+        with pytest.raises(WorkerError, match=r"round 1, client 4: worker process \d") as caught:
+            train_cohort(pool, 0, torch.zeros(15), _tasks(marked=4))
+        assert "exited with status 3" in str(caught.value)
+        assert caught.value.client == 4 and caught.value.round_index == 0
+        assert not pool.healthy
+        with pytest.raises(WorkerError, match="stopped earlier"):
+            train_cohort(pool, 1, torch.zeros(15), _tasks())
+    assert all(_gone(pid) for pid in pids)
+
+
+def test_closing_the_pool_stops_every_worker():
+    """Leaving the pool's block stops its processes (none outlives the run)."""
+    with WorkerPool(2) as pool:
+        pids = pool.pids
+        assert not any(_gone(pid) for pid in pids)
+    assert all(_gone(pid) for pid in pids)
+
+
+def test_workers_exit_when_the_parent_is_killed(tmp_path):
+    """SIGKILL on the engine's process (no cleanup runs) still leaves no worker behind: each
+    worker sees its pipe close (and, on Linux, gets SIGTERM from the kernel)."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys, time
+            from fl.engines.pool import WorkerPool
+
+            if __name__ == "__main__":
+                pool = WorkerPool(2)
+                print(*pool.pids, flush=True)
+                time.sleep(600)
+            """
+        )
+    )
+    root = Path(__file__).resolve().parents[2]
+    parent = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    try:
+        pids = [int(p) for p in parent.stdout.readline().split()]
+        assert len(pids) == 2 and not any(_gone(pid) for pid in pids)
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    deadline = time.monotonic() + 30
+    while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(_gone(pid) for pid in pids)
+
+
+def test_worker_counts_are_validated_and_sized_to_the_cohort():
+    """--workers must be an integer >= 1; a cohort too small to share uses fewer workers."""
+    for bad in (0, -2, 1.5, True, "2"):
+        with pytest.raises(ConfigError, match="workers"):
+            worker_count(bad, 1000)
+    assert worker_count(2, 1000) == 2
+    assert worker_count(8, 3 * processes.MIN_CLIENTS_PER_WORKER) == 3
+    assert worker_count(2, processes.MIN_CLIENTS_PER_WORKER) == 1
+
+
+def test_training_is_balanced_by_examples():
+    """The LPT split gives each worker about the same number of examples (within the largest
+    client), and every client exactly once."""
+    tasks = _tasks(clients=40)
+    shares = balance(tasks, 3)
+    assert sorted(t.client for share in shares for t in share) == list(range(1, 41))
+    loads = [sum(t.examples for t in share) for share in shares]
+    assert max(loads) - min(loads) <= max(t.examples for t in tasks)
+
+
+def test_pooled_run_gives_the_same_model_as_one_process(tmp_path, monkeypatch):
+    """privagg run with --workers 2 and --workers 1, same seed, secure FedAvg with dropouts:
+    the same model bit for bit and the same per-round metrics."""
+    monkeypatch.setattr(processes, "MIN_CLIENTS_PER_WORKER", 1)  # share a small cohort
+    settings = {
+        "training.clients": 10,
+        "training.per_round": 8,
+        "training.rounds": 2,
+        "secure.dropout": 0.1,
+    }
+    runs = {}
+    for workers in (1, 2):
+        config = RunConfig().with_overrides({**settings, "out": str(tmp_path / f"w{workers}")})
+        runs[workers] = inprocess.run_federation(config, workers=workers)
+    assert runs[2].summary["workers"] == 2 and runs[1].summary["workers"] == 1
+    for a, b in zip(runs[1].model.parameters(), runs[2].model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    keys = ("accuracy", "dropped", "bytes_up", "bytes_down", "failed")
+    for one, two in zip(runs[1].history, runs[2].history, strict=True):
+        assert all(getattr(one, k) == getattr(two, k) for k in keys)
