@@ -98,8 +98,9 @@ class RunStart:
         epsilon_projected: the epsilon after ``training.rounds`` if every round releases, when
             the run goes past ``calibrated_rounds`` (None otherwise).
         workers: the processes the clients' work runs in (1: this process).
-        workers_requested: the processes asked for (more than ``workers`` when the cohort is
-            too small to share, see :func:`fl.engines.pool.worker_count`).
+        workers_requested: the processes asked for.
+        workers_reason: why ``workers`` is below ``workers_requested`` (None when it is not):
+            a cohort too small to share (:func:`fl.engines.pool.worker_count`), or a GPU.
     """
 
     config: RunConfig
@@ -111,6 +112,7 @@ class RunStart:
     epsilon_projected: float | None
     workers: int = 1
     workers_requested: int = 1
+    workers_reason: str | None = None
 
 
 def resolve_device(device: Device) -> torch.device:
@@ -238,7 +240,10 @@ def run_federation(
         >>> result = run_federation(config, resume=True)  # doctest: +SKIP
     """
     started = time.perf_counter()
-    used = worker_count(workers, config.training.cohort_size)
+    used = worker_count(workers, config.training.cohort_size)  # validates workers
+    reason = None
+    if used < workers:
+        reason = f"{config.training.cohort_size} clients per round is too few to share further"
     if config.out is None:
         config = dataclasses.replace(config, out=str(new_run_folder()))
     out = Path(config.out)
@@ -247,6 +252,8 @@ def run_federation(
         config.data, clients=config.training.clients, seed=config.seed, arrays=arrays
     )
     device = resolve_device(config.device)
+    if device.type != "cpu" and used > 1:  # one GPU: its process trains every client
+        used, reason = 1, f"training on {device.type} runs in this process"
     torch.manual_seed(config.seed)
     model = (
         model
@@ -368,6 +375,7 @@ def run_federation(
                 epsilon_projected=projected,
                 workers=used,
                 workers_requested=workers,
+                workers_reason=reason,
             )
         )
     stopped = None
