@@ -3,6 +3,7 @@ process, a worker's failure as a typed error that names the round and the client
 worker process left behind, whether the pool is closed, a worker dies, or the parent is killed.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from torch import nn
 
 import secagg
 from dp.distributed import DistributedNoiseEncoder, Mechanism
+from fl.cli import main
 from fl.core.aggregation import ClientUpdate, secure_noisy_mean, secure_weighted_mean
 from fl.core.config import RunConfig
 from fl.engines import inprocess
@@ -256,3 +258,63 @@ def test_pooled_run_gives_the_same_model_as_one_process(tmp_path, monkeypatch):
     keys = ("accuracy", "dropped", "bytes_up", "bytes_down", "failed")
     for one, two in zip(runs[1].history, runs[2].history, strict=True):
         assert all(getattr(one, k) == getattr(two, k) for k in keys)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5"])
+def test_cli_refuses_a_bad_worker_count(value, tmp_path, capsys):
+    """`privagg run --workers 0` (or a non-integer) stops at the parser with exit status 2,
+    naming the flag, and writes nothing."""
+    with pytest.raises(SystemExit) as caught:
+        main(["run", "--workers", value, "--out", str(tmp_path / "run")])
+    assert caught.value.code == 2
+    assert "--workers" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_says_when_it_uses_fewer_workers_than_asked(tmp_path, capsys):
+    """`privagg run --workers 3` on a 6-client cohort runs in one process and says why (no
+    worker is started for a cohort too small to share)."""
+    assert (
+        main(
+            [
+                "run",
+                "--clients",
+                "6",
+                "--rounds",
+                "1",
+                "--workers",
+                "3",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "--workers 3: using 1 (6 clients per round is too few to share further)" in out
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["workers"] == 1
+
+
+@pytest.mark.slow
+def test_a_1000_client_round_in_two_workers_matches_one_process(tmp_path):
+    """One round of 1,000 clients (the MLP, secure aggregation with 5% dropouts) in two worker
+    processes gives the model of the same round in one process, bit for bit (the fast
+    counterpart: test_pooled_run_gives_the_same_model_as_one_process)."""
+    settings = {
+        "training.clients": 1000,
+        "training.per_round": 1000,
+        "training.rounds": 1,
+        "secure.dropout": 0.05,
+        "data.dataset": "synthetic",
+        "data.partition": "iid",
+        "data.synthetic_samples": 10_667,
+    }
+    runs = {}
+    for workers in (1, 2):
+        config = RunConfig().with_overrides({**settings, "out": str(tmp_path / f"w{workers}")})
+        runs[workers] = inprocess.run_federation(config, workers=workers)
+    assert runs[2].summary["workers"] == 2
+    assert not runs[1].history[0].failed and runs[1].history[0].sampled == 1000
+    for a, b in zip(runs[1].model.parameters(), runs[2].model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert runs[1].history[0].bytes_up == runs[2].history[0].bytes_up
