@@ -6,7 +6,9 @@ and in worker processes (fl.engines.pool).
 
 Prints one JSON object per worker count: seconds per round (each round, and the mean over the
 rounds after the first, which also pays for the workers' first use), rounds per minute, the
-pool's start, peak resident memory of this process and of its worker processes, and the load
+pool's start, the peak resident memory of this process (a worker's is not measured here:
+the kernel's figure for children counts the parent's pages a child had before it
+executed), and the load
 average before and after (the machine may be shared: compare numbers taken at similar loads).
 
 Data: ``--data synthetic`` is the seeded Gaussian mixture (64 features, IID split, 8 training
