@@ -112,8 +112,6 @@ def run(args: argparse.Namespace, workers: int) -> dict:
         "epsilon": result.summary.get("epsilon"),
         "failed_rounds": sum(m.failed for m in history),
         "peak_rss_mib_self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
-        "peak_rss_mib_largest_worker": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        // 1024,
         "load_before": [round(v, 2) for v in load_before],
         "load_after": [round(v, 2) for v in os.getloadavg()],
     }
