@@ -3,8 +3,9 @@ and in worker processes (fl.engines.pool).
 
     python -m benchmarks.scale [--clients 10000] [--per-round 1000] [--rounds 3] [--workers 1,2]
                                [--data synthetic] [--dp none|client] [--epsilon 4]
+                               [--noise-multiplier Z]
 
-Prints one JSON object per worker count: seconds per round (each round, and the mean over the
+Prints one JSON object per worker count: accuracy and epsilon per round, seconds per round (each round, and the mean over the
 rounds after the first, which also pays for the workers' first use), rounds per minute, the
 pool's start, the peak resident memory of this process (a worker's is not measured here:
 the kernel's figure for children counts the parent's pages a child had before it
@@ -68,11 +69,14 @@ def run(args: argparse.Namespace, workers: int) -> dict:
         settings.update(
             {
                 "privacy.level": "client",
-                "privacy.epsilon": args.epsilon,
                 "privacy.delta": args.delta,
                 "training.fraction": args.per_round / args.clients,
             }
         )
+        if args.noise_multiplier is not None:  # a calibration already made, not repeated
+            settings["privacy.noise_multiplier"] = args.noise_multiplier
+        else:
+            settings["privacy.epsilon"] = args.epsilon
         del settings["training.per_round"]
     config = RunConfig().with_overrides(settings)
     load_before = os.getloadavg()
@@ -108,8 +112,10 @@ def run(args: argparse.Namespace, workers: int) -> dict:
         "round_seconds": [round(s, 2) for s in rounds],
         "mean_round_seconds_after_first": round(mean, 2),
         "rounds_per_minute": round(60 / mean, 2),
-        "final_accuracy": history[-1].accuracy if history else None,
-        "epsilon": result.summary.get("epsilon"),
+        "accuracy": [round(m.accuracy, 4) for m in history],
+        "epsilon": [m.epsilon for m in history],
+        "epsilon_against_observers": result.summary.get("epsilon_against_observers"),
+        "sampled": [m.sampled for m in history],
         "failed_rounds": sum(m.failed for m in history),
         "peak_rss_mib_self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
         "load_before": [round(v, 2) for v in load_before],
@@ -128,6 +134,12 @@ def main() -> None:
     parser.add_argument("--dp", choices=["none", "client"], default="none")
     parser.add_argument("--epsilon", type=float, default=4.0)
     parser.add_argument("--delta", type=float, default=1e-6)
+    parser.add_argument(
+        "--noise-multiplier",
+        type=float,
+        help="client level: this noise instead of calibrating for --epsilon (e.g. the z a "
+        "100-round calibration gave, to time a few of its rounds)",
+    )
     args = parser.parse_args()
     for workers in (int(w) for w in args.workers.split(",")):
         print(json.dumps(run(args, workers)), flush=True)
