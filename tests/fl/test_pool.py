@@ -317,4 +317,6 @@ def test_a_1000_client_round_in_two_workers_matches_one_process(tmp_path):
     assert not runs[1].history[0].failed and runs[1].history[0].sampled == 1000
     for a, b in zip(runs[1].model.parameters(), runs[2].model.parameters(), strict=True):
         assert torch.equal(a, b)
-    assert runs[1].history[0].bytes_up == runs[2].history[0].bytes_up
+    # (the traffic is not compared: the SecAgg+ graph is drawn from os.urandom in every round,
+    # so with dropouts the bytes differ from run to run, in one process as in two)
+    assert runs[1].history[0].dropped == runs[2].history[0].dropped
