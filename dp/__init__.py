@@ -25,6 +25,7 @@ from dp.accounting import (
 from dp.distributed import DistributedNoiseEncoder, Mechanism
 from dp.errors import DPError, PrivacyConfigError, PrivacyWarning, UnsupportedEvent
 from dp.ledger import (
+    CentralEntry,
     ClientLevelEntry,
     CountEntry,
     EpsilonReport,
@@ -35,6 +36,7 @@ from dp.ledger import (
 
 __all__ = [
     "AccountantKind",
+    "CentralEntry",
     "ClientLevelEntry",
     "ComposedEvent",
     "CountEntry",

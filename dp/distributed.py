@@ -35,6 +35,7 @@ import numpy as np
 from dp.errors import PrivacyConfigError
 from dp.ledger import ClientLevelEntry
 from dp.rdp import rounded_norm_bounds
+from dp.removable import RemovableNoise
 from dp.samplers import sample_discrete_gaussian, sample_skellam, skellam_table
 from secagg.encoding import stochastic_round
 from secagg.randomness import RandomSource, system_random
@@ -199,12 +200,31 @@ class DistributedNoiseEncoder:
             return 0.0
         return self.padded * skellam_table((self.local_sigma * self.scale) ** 2).tv_bound
 
+    def removable(self, most_honest: int) -> RemovableNoise:
+        """This encoder's noise share split into a base and a removable ladder (Skellam only).
+
+        Args:
+            most_honest: the most honest clients a certified sum can hold (k + 1 - c).
+        """
+        if self.mechanism is not Mechanism.SKELLAM:
+            raise PrivacyConfigError(
+                "exact noise under dropouts removes Skellam components; the discrete Gaussian "
+                "mechanism cannot split a share exactly: use mechanism = 'skellam'"
+            )
+        return RemovableNoise(
+            total_variance=self.central_variance,
+            noise_shares=self.noise_shares,
+            most_honest=max(most_honest, self.noise_shares),
+        )
+
     def ledger_entry(
         self,
         *,
         round_index: int,
         client_sampling_rate: float,
         participants: tuple[int, ...] = (),
+        variance_left: float | None = None,
+        ladder: RemovableNoise | None = None,
     ) -> ClientLevelEntry:
         """What one round of this mechanism spends, for :class:`dp.ledger.PrivacyLedger`.
 
@@ -213,6 +233,9 @@ class DistributedNoiseEncoder:
             client_sampling_rate: q, the Poisson rate the cohort was drawn with.
             participants: the clients whose updates are in the released sum (what the server
                 sees); the sampler's distance is charged for each of them.
+            variance_left: the released sum's noise variance after removal (None: none).
+            ladder: the removable split the clients drew their noise with (its samplers'
+                distance is charged instead of the single share's).
         """
         l1, l2 = self.sensitivities
         return ClientLevelEntry(
@@ -230,7 +253,11 @@ class DistributedNoiseEncoder:
             threshold=self.threshold,
             corrupt=self.corrupt,
             participants=tuple(sorted(participants)),
-            sampler_distance=self.sampler_distance * (len(participants) or self.cohort),
+            sampler_distance=(
+                self.sampler_distance if ladder is None else ladder.sampler_distance(self.padded)
+            )
+            * (len(participants) or self.cohort),
+            variance_left=variance_left,
         )
 
     def _signs(self, rotation_seed: bytes) -> np.ndarray:
@@ -292,6 +319,7 @@ class DistributedNoiseEncoder:
         *,
         rotation_seed: bytes,
         random_bytes: RandomSource = system_random,
+        noise: np.ndarray | None = None,
     ) -> np.ndarray:
         """Clip, rotate, scale, round conditionally, add this client's noise; ring words (uint64).
 
@@ -299,13 +327,16 @@ class DistributedNoiseEncoder:
             update: the float update, length ``dimension``.
             rotation_seed: 32 public bytes shared by the round (the server uses them to decode).
             random_bytes: secure randomness for rounding and noise.
+            noise: this client's noise share, already drawn (``padded`` integers; e.g. a
+                removable split, :meth:`removable`); drawn here when omitted.
         """
         rounded = self.round_updates(
             np.asarray(update, dtype=np.float64).ravel(),
             rotation_seed=rotation_seed,
             random_bytes=random_bytes,
         )
-        noise = self.noise(random_bytes=random_bytes)
+        if noise is None:
+            noise = self.noise(random_bytes=random_bytes)
         return self.to_ring(rounded + noise)
 
     def to_ring(self, values: np.ndarray) -> np.ndarray:

@@ -13,6 +13,11 @@ Two epsilons at client level (:class:`EpsilonReport`):
 
 At sample level both are the same number: each client's DP-SGD accounting does not depend on
 who else took part.
+
+At **central** level the aggregator is trusted with the noise-free sum (it adds the noise, once,
+to the unmasked sum of clipped updates): there is no epsilon against the server (reported as
+infinite, ``null`` in JSON), and the headline is the observers' epsilon, amplified by the
+secret Poisson sampling of each round's cohort.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from dp.accounting import (
 from dp.errors import DPError
 
 __all__ = [
+    "CentralEntry",
     "ClientLevelEntry",
     "CountEntry",
     "EpsilonReport",
@@ -52,6 +58,7 @@ class PrivacyLevel(str, Enum):
     NONE = "none"
     SAMPLE = "sample"  # each record of a client's data set (DP-SGD on the client)
     CLIENT = "client"  # each client as a whole (distributed noise on the clipped update)
+    CENTRAL = "central"  # each client as a whole, against all but the aggregator (server noise)
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,10 @@ class ClientLevelEntry:
             and every client is assumed to have taken part).
         sampler_distance: total-variation distance of the round's noise from the analysed law
             (added to delta).
+        variance_left: the variance per coordinate of the released sum's noise once the
+            clients removed what the certified survivors made unnecessary (:mod:`dp.removable`);
+            None when no noise was removed. ``variance`` stays what the accounting relies on:
+            the honest clients of any sum keep at least that much.
     """
 
     round: int
@@ -115,6 +126,7 @@ class ClientLevelEntry:
     corrupt: int = 0
     participants: tuple[int, ...] = ()
     sampler_distance: float = 0.0
+    variance_left: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "participants", tuple(int(p) for p in self.participants))
@@ -137,6 +149,33 @@ class ClientLevelEntry:
 
 
 @dataclass(frozen=True)
+class CentralEntry:
+    """One round of central DP: the trusted aggregator adds Gaussian noise of standard deviation
+    ``noise_multiplier * l2_sensitivity`` to the sum of a Poisson sample of clipped updates.
+
+    Attributes:
+        client_sampling_rate: q, each client's probability of being in the round.
+        noise_multiplier: z, the noise's standard deviation over the L2 sensitivity.
+        l2_sensitivity: the most one client's contribution can move the sum, in the domain the
+            noise is added in (the scaled integers of the fixed-point encoding).
+        participants: the clients whose updates are in the released sum.
+    """
+
+    round: int
+    client_sampling_rate: float
+    noise_multiplier: float
+    l2_sensitivity: float
+    participants: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "participants", tuple(int(p) for p in self.participants))
+
+    def event(self) -> Event:
+        """The sampled Gaussian mechanism: what the round costs against observers."""
+        return PoissonSampledEvent(self.client_sampling_rate, GaussianEvent(self.noise_multiplier))
+
+
+@dataclass(frozen=True)
 class EpsilonReport:
     """What a run has spent.
 
@@ -151,10 +190,14 @@ class EpsilonReport:
     observer: float
     server: float
     delta: float
+    trusted_server: bool = False
 
     @property
     def headline(self) -> float:
-        """The number to show first: against the server (never below the observer's)."""
+        """The number to show first: against the server (never below the observer's); the
+        observers' when the server is trusted with the noise-free sum (central DP)."""
+        if self.trusted_server:
+            return self.observer
         return max(self.server, self.observer)
 
 
@@ -177,6 +220,7 @@ class PrivacyLedger:
     sample_entries: list[SampleLevelEntry] = field(default_factory=list)
     client_entries: list[ClientLevelEntry] = field(default_factory=list)
     count_entries: list[CountEntry] = field(default_factory=list)
+    central_entries: list[CentralEntry] = field(default_factory=list)
     epsilons: list[float] = field(default_factory=list)
     observer_epsilons: list[float] = field(default_factory=list)
     _taken_cache: tuple | None = field(default=None, init=False, repr=False, compare=False)
@@ -188,6 +232,10 @@ class PrivacyLedger:
     def record_client(self, entry: ClientLevelEntry) -> None:
         """Add one round of client-level distributed noise."""
         self.client_entries.append(entry)
+
+    def record_central(self, entry: CentralEntry) -> None:
+        """Add one round of central DP."""
+        self.central_entries.append(entry)
 
     def record_count(self, entry: CountEntry) -> None:
         """Add a client's noisy record count (released once)."""
@@ -270,6 +318,8 @@ class PrivacyLedger:
             clients = {e.client for e in (*self.sample_entries, *extra)}  # type: ignore[union-attr]
             value = max((self.client_epsilon(c, extra) for c in clients), default=0.0)  # type: ignore[arg-type]
             return EpsilonReport(observer=value, server=value, delta=self.delta)
+        if self.level is PrivacyLevel.CENTRAL:
+            return self._central_spent(extra)  # type: ignore[arg-type]
         entries = (*self.client_entries, *extra)
         accountant = make_accountant(self.accountant)
         for event, count in Counter(e.event() for e in entries).items():  # type: ignore[union-attr]
@@ -281,6 +331,19 @@ class PrivacyLedger:
         headline = max(observer, server)
         delta = self.delta + (1 + math.exp(min(headline, 700.0))) * distance
         return EpsilonReport(observer=observer, server=server, delta=delta)
+
+    def _central_spent(self, extra: tuple[CentralEntry, ...]) -> EpsilonReport:
+        """Central level: the sampled Gaussian rounds composed (against observers); nothing
+        holds against the aggregator, which sees the noise-free sum."""
+        accountant = make_accountant(self.accountant)
+        for event, count in Counter(e.event() for e in (*self.central_entries, *extra)).items():
+            accountant.compose(event, count)
+        return EpsilonReport(
+            observer=accountant.get_epsilon(self.delta),
+            server=math.inf,
+            delta=self.delta,
+            trusted_server=True,
+        )
 
     def epsilon(self, extra: tuple[SampleLevelEntry | ClientLevelEntry, ...] = ()) -> float:
         """The headline epsilon the run has spent (the worst client at sample level; against
@@ -316,7 +379,9 @@ class PrivacyLedger:
                 "accountant": self.accountant.value,
                 "epsilon_per_round": self.epsilons,
                 "epsilon": self.epsilons[-1] if self.epsilons else 0.0,
-                "epsilon_against_server": report.server,
+                # null: no guarantee against a server trusted with the noise-free sum
+                "epsilon_against_server": None if math.isinf(report.server) else report.server,
+                "trusted_server": report.trusted_server,
                 "epsilon_against_observers": report.observer,
                 "observer_epsilon_per_round": self.observer_epsilons,
                 "epsilon_per_client": per_client,
@@ -326,6 +391,7 @@ class PrivacyLedger:
                 "count_entries": [asdict(e) for e in self.count_entries],
                 "sample_entries": [asdict(e) for e in self.sample_entries],
                 "client_entries": [asdict(e) for e in self.client_entries],
+                "central_entries": [asdict(e) for e in self.central_entries],
             },
             indent=1,
         )
@@ -346,6 +412,10 @@ class PrivacyLedger:
                     for e in data["client_entries"]
                 ],
                 count_entries=[CountEntry(**e) for e in data.get("count_entries", [])],
+                central_entries=[
+                    CentralEntry(**{**e, "participants": tuple(e.get("participants", ()))})
+                    for e in data.get("central_entries", [])
+                ],
                 epsilons=epsilons,
                 observer_epsilons=[
                     float(v) for v in data.get("observer_epsilon_per_round", epsilons)

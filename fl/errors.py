@@ -23,6 +23,18 @@ __all__ = [
 class FLError(Exception):
     """Root of every error raised by :mod:`fl`."""
 
+    def __reduce__(self) -> tuple:
+        # Rebuilt from its message and attributes, whatever its constructor takes: the error
+        # crosses process boundaries intact (a sweep's worker raises it, the parent reports it).
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[FLError], args: tuple, state: dict) -> FLError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 def _show(value: object) -> str:
     """A value as it would be written in TOML (``true``, ``"false"``, ``3.0``)."""

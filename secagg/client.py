@@ -48,6 +48,7 @@ from secagg.hazmat.exceptions import InvalidAuthentication
 from secagg.hazmat.prg import DEFAULT_CHUNK_BYTES, MaskTerm, accumulate
 from secagg.policy import ClientPolicy
 from secagg.randomness import RandomSource, system_random
+from secagg.removal import certified_honest_floor
 from secagg.ring import to_ring
 from secagg.sessions import SessionLog
 from secagg.stages import CLIENT_TRANSITIONS, ClientStage, MessageType
@@ -138,6 +139,7 @@ class Client:
         self._self_mask_secret = b""
         self._pair_seeds: dict[int, bytes] = {}
         self._channel_secrets: dict[int, bytes] = {}
+        self._removal_answered = False
 
     @property
     def stage(self) -> ClientStage:
@@ -290,23 +292,7 @@ class Client:
             ThresholdNotMet: too few peers remain; the client stops.
             LocalProtocolError: the client already stopped, or no input was set in time.
         """
-        if self._stage is ClientStage.ERROR:
-            raise LocalProtocolError(f"client {self.client_id} stopped after: {self._error}")
-        envelope = messages.decode(data, max_bytes=self._limit)
-        if envelope.sender != messages.SERVER_ID or envelope.signature:
-            raise UnknownSender(
-                "clients only accept unsigned messages from the server", sender=envelope.sender
-            )
-        if (envelope.session_id, envelope.round_index) != (
-            self.config.session_id,
-            self.config.round_index,
-        ):
-            raise WrongSession(
-                f"message for round {envelope.round_index} of session "
-                f"{envelope.session_id.hex()[:16]}..., this is round {self.config.round_index} "
-                f"of {self.config.session_id.hex()[:16]}...",
-                sender=envelope.sender,
-            )
+        envelope = self._open(data)
         if self._stage is ClientStage.DONE and envelope.kind is MessageType.UNMASK_REQUEST:
             self._fail(InconsistentRequest("a second unmask request in one session", sender=0))
         transition = CLIENT_TRANSITIONS.get((self._stage, envelope.kind))
@@ -330,6 +316,71 @@ class Client:
             self._fail(error)
         self._stage = transition[0]
         return self._encode(reply)
+
+    def answer_noise_removal(
+        self, data: bytes, reveal: Callable[[int], tuple[tuple[int, bytes], ...]]
+    ) -> bytes:
+        """After the round, reveal the seeds of removable noise that the certified U3 allows.
+
+        The server's request carries consistency signatures over the U3 this client signed.
+        The client verifies every one, bounds the honest clients of any sum the server can
+        unmask (:func:`secagg.removal.certified_honest_floor`) and asks ``reveal(m)`` for the
+        seeds to send. One answer per session; a refused request changes nothing.
+
+        Args:
+            data: the server's ``NoiseRemovalRequest``.
+            reveal: ``m -> ((component index, seed), ...)``, the seeds that leave this client at
+                least V / m of noise (:meth:`dp.removable.RemovableNoise.removal`).
+
+        Raises:
+            UnexpectedPhase: no certified U3 (identities off, or the round is not done here),
+                or a second request.
+            InconsistentRequest: signatures from clients outside U3.
+            AuthenticationFailed: a signature does not verify.
+        """
+        envelope = self._open(data)
+        if envelope.kind is not MessageType.NOISE_REMOVAL_REQUEST:
+            raise UnexpectedPhase(f"{envelope.kind.name} is not a noise-removal request", sender=0)
+        if self._stage is not ClientStage.DONE or self._survivors is None:
+            raise UnexpectedPhase(
+                "noise removal needs a certified U3: identities on and this client's unmask "
+                f"answered (the client is {self._stage.value})",
+                sender=0,
+            )
+        if self._removal_answered:
+            raise UnexpectedPhase("a second noise-removal request in one session", sender=0)
+        signed = self._signed_inside_u3(envelope.payload.signatures)
+        self._verify_story(signed)
+        honest_floor = certified_honest_floor(
+            signers={*signed, self.client_id},
+            index=neighbour_index(self.config),
+            threshold=self.config.threshold,
+            corrupt=self.policy.corrupt_neighbours(self.config),
+        )
+        seeds = tuple(sorted(reveal(honest_floor)))
+        self._removal_answered = True
+        return self._encode(messages.NoiseRemovalResponse(honest_floor, seeds))
+
+    def _open(self, data: bytes) -> messages.Envelope:
+        """Decode a server message for this session and round; the client is unchanged."""
+        if self._stage is ClientStage.ERROR:
+            raise LocalProtocolError(f"client {self.client_id} stopped after: {self._error}")
+        envelope = messages.decode(data, max_bytes=self._limit)
+        if envelope.sender != messages.SERVER_ID or envelope.signature:
+            raise UnknownSender(
+                "clients only accept unsigned messages from the server", sender=envelope.sender
+            )
+        if (envelope.session_id, envelope.round_index) != (
+            self.config.session_id,
+            self.config.round_index,
+        ):
+            raise WrongSession(
+                f"message for round {envelope.round_index} of session "
+                f"{envelope.session_id.hex()[:16]}..., this is round {self.config.round_index} "
+                f"of {self.config.session_id.hex()[:16]}...",
+                sender=envelope.sender,
+            )
+        return envelope
 
     def _fail(self, error: Exception) -> NoReturn:
         self._stage, self._error = ClientStage.ERROR, error
@@ -558,13 +609,7 @@ class Client:
         neighbourhood must have signed this same U3 (:mod:`secagg.quorum`). Every signature the
         server forwards must verify.
         """
-        signed = dict(signatures)
-        outsiders = set(signed) - self._survivors
-        if outsiders:
-            raise InconsistentRequest(
-                f"consistency signatures from clients {sorted(outsiders)[:5]}, outside U3",
-                sender=0,
-            )
+        signed = self._signed_inside_u3(signatures)
         short = quorum.shortfalls(
             watched={self.client_id, *self._peer_shares},
             signers={*signed, self.client_id},
@@ -578,6 +623,21 @@ class Client:
                 f"{self.config.threshold - short[worst]} of its neighbourhood signed it, "
                 f"the threshold is {self.config.threshold}"
             )
+        self._verify_story(signed)
+
+    def _signed_inside_u3(self, signatures: tuple[tuple[int, bytes], ...]) -> dict[int, bytes]:
+        """The signatures by signer; every signer must be in this client's U3."""
+        signed = dict(signatures)
+        outsiders = set(signed) - self._survivors
+        if outsiders:
+            raise InconsistentRequest(
+                f"consistency signatures from clients {sorted(outsiders)[:5]}, outside U3",
+                sender=0,
+            )
+        return signed
+
+    def _verify_story(self, signed: dict[int, bytes]) -> None:
+        """Every signature must verify over this session's instance and this client's U3."""
         transcript = keys.consistency_transcript(
             self.config.digest, self._instance_root, self._survivors
         )

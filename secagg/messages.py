@@ -25,6 +25,7 @@ from secagg.config import PROTOCOL_VERSION, SecAggConfig
 from secagg.errors import MalformedMessage, UnsupportedVersion
 from secagg.hazmat import aead, shamir
 from secagg.hazmat.agreement import KEY_BYTES
+from secagg.hazmat.prg import SEED_BYTES
 from secagg.hazmat.signing import SIGNATURE_BYTES, SigningKey
 from secagg.instance import path_length
 from secagg.stages import MessageType
@@ -38,6 +39,8 @@ __all__ = [
     "Envelope",
     "KeyRoster",
     "MaskedInput",
+    "NoiseRemovalRequest",
+    "NoiseRemovalResponse",
     "Payload",
     "RosterEntry",
     "ShareBundle",
@@ -420,6 +423,59 @@ class UnmaskResponse:
         return cls(b_shares, _read_pairs(reader, shamir.SHARE_BYTES, "key shares"))
 
 
+@dataclass(frozen=True)
+class NoiseRemovalRequest:
+    """After the round, server -> client: every consistency signature over U3, by signer, so
+    that the client can bound the honest clients of any sum (:mod:`secagg.removal`)."""
+
+    KIND: ClassVar[MessageType] = MessageType.NOISE_REMOVAL_REQUEST
+    signatures: tuple[tuple[int, bytes], ...]
+
+    def __post_init__(self) -> None:
+        _check_pairs(self.signatures, SIGNATURE_BYTES, "signatures")
+
+    def encode(self) -> bytes:
+        return _pack_pairs(self.signatures)
+
+    @classmethod
+    def decode(cls, reader: _Reader) -> NoiseRemovalRequest:
+        return cls(_read_pairs(reader, SIGNATURE_BYTES, "signatures"))
+
+
+@dataclass(frozen=True)
+class NoiseRemovalResponse:
+    """After the round, client -> server: the certified honest floor m the client computed and
+    the seeds of the removable noise components it reveals for it, by component index."""
+
+    KIND: ClassVar[MessageType] = MessageType.NOISE_REMOVAL_RESPONSE
+    honest_floor: int
+    seeds: tuple[tuple[int, bytes], ...]
+
+    def __post_init__(self) -> None:
+        if not 0 < self.honest_floor < 2**32:
+            raise ValueError("honest_floor must lie in [1, 2^32)")
+        if any(not 0 <= index < 64 for index, _ in self.seeds):
+            raise ValueError("a noise component index must lie in [0, 64)")
+        if any(a >= b for (a, _), (b, _) in itertools.pairwise(self.seeds)):
+            raise ValueError("seeds must be strictly increasing by component index")
+        if any(type(seed) is not bytes or len(seed) != SEED_BYTES for _, seed in self.seeds):
+            raise ValueError(f"each seed must be {SEED_BYTES} bytes")
+
+    def encode(self) -> bytes:
+        count = _U32.pack(len(self.seeds))
+        body = b"".join(bytes([index]) + seed for index, seed in self.seeds)
+        return _U32.pack(self.honest_floor) + count + body
+
+    @classmethod
+    def decode(cls, reader: _Reader) -> NoiseRemovalResponse:
+        floor = reader.u32("honest floor")
+        count = reader.count(1 + SEED_BYTES, "seeds")
+        seeds = tuple(
+            (reader.u8("component index"), reader.take(SEED_BYTES, "seed")) for _ in range(count)
+        )
+        return cls(floor, seeds)
+
+
 Payload = (
     AdvertiseKeys
     | KeyRoster
@@ -430,6 +486,8 @@ Payload = (
     | ConsistencySignature
     | UnmaskRequest
     | UnmaskResponse
+    | NoiseRemovalRequest
+    | NoiseRemovalResponse
 )
 _PAYLOADS: dict[MessageType, type] = {
     cls.KIND: cls
@@ -443,6 +501,8 @@ _PAYLOADS: dict[MessageType, type] = {
         ConsistencySignature,
         UnmaskRequest,
         UnmaskResponse,
+        NoiseRemovalRequest,
+        NoiseRemovalResponse,
     )
 }
 

@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 
 from secagg.hazmat import kdf
-from secagg.hazmat.prg import keystream
+from secagg.hazmat.prg import KeystreamReader
 
 __all__ = ["DeterministicRandom", "RandomSource", "system_random"]
 
@@ -27,27 +27,17 @@ class DeterministicRandom:
         True
     """
 
-    _BLOCK = 1 << 14
-
     def __init__(self, seed: int | bytes) -> None:
         """Key the stream from an integer or a byte string."""
         material = (
             seed.to_bytes(16, "little", signed=True) if isinstance(seed, int) else bytes(seed)
         )
         self._key = kdf.derive(material, label=b"deterministic-random", context=b"")
-        self._counter = 0
-        self._buffer = b""
+        self._stream = KeystreamReader(self._key)
 
     def __call__(self, length: int) -> bytes:
         """Return the next ``length`` bytes of the stream."""
-        while len(self._buffer) < length:
-            block = keystream(
-                self._key, self._BLOCK, counter_block=self._counter.to_bytes(16, "big")
-            )
-            self._counter += self._BLOCK // 16
-            self._buffer += block
-        out, self._buffer = self._buffer[:length], self._buffer[length:]
-        return out
+        return self._stream(length)
 
     def fork(self, label: str) -> DeterministicRandom:
         """An independent stream for one party, so parties do not perturb each other's draws."""

@@ -102,6 +102,9 @@ class Server:
         self._sum = np.zeros(config.vector_length, dtype=config.word_dtype)
         self._requests: dict[int, messages.UnmaskRequest] = {}
         self._result: ServerResult | None = None
+        self._signatures: dict[int, bytes] = {}
+        self._unmasked_by: frozenset[int] = frozenset()
+        self._removal_answered: set[int] = set()
 
     @property
     def stage(self) -> ServerStage:
@@ -136,16 +139,8 @@ class Server:
         collecting = SERVER_COLLECTS.get(self._stage)
         if collecting is None:
             raise LocalProtocolError(f"the round is over ({self._stage.value}); no more messages")
-        envelope = messages.decode(data, max_bytes=self._limit)
+        envelope = self._open(data)
         sender = envelope.sender
-        if (envelope.session_id, envelope.round_index) != (
-            self.config.session_id,
-            self.config.round_index,
-        ):
-            raise WrongSession(
-                f"message for round {envelope.round_index} of another session or round",
-                sender=sender,
-            )
         if sender not in self._graph:
             raise UnknownSender("not a member of this session's cohort", sender=sender)
         kind, phase = collecting
@@ -205,6 +200,57 @@ class Server:
         self._inbox = {}
         self._expected = frozenset(outgoing)
         return {client: self._encode(payload) for client, payload in outgoing.items()}
+
+    # -- noise removal, after the round (secagg.removal, dp.removable) ---------------------------
+
+    def noise_removal_requests(self) -> dict[int, bytes]:
+        """After a round with identities: ask each client that answered the unmask request for
+        the seeds of its removable noise, forwarding every consistency signature over U3.
+
+        Raises:
+            LocalProtocolError: the round is not done, or it ran without identities.
+        """
+        if self._result is None or self.config.identities is None:
+            raise LocalProtocolError(
+                "noise removal follows a completed round with identities "
+                f"(the server is {self._stage.value})"
+            )
+        request = messages.NoiseRemovalRequest(tuple(sorted(self._signatures.items())))
+        return {u: self._encode(request) for u in sorted(self._unmasked_by)}
+
+    def receive_noise_removal(self, data: bytes) -> messages.NoiseRemovalResponse:
+        """Accept one client's noise-removal answer; returns it (the server only records it).
+
+        Raises:
+            RemoteProtocolError: the message is rejected; the server is unchanged.
+            LocalProtocolError: no noise removal is under way.
+        """
+        if self._result is None or self.config.identities is None:
+            raise LocalProtocolError("no noise removal is under way")
+        envelope = self._open(data)
+        sender = envelope.sender
+        if envelope.kind is not MessageType.NOISE_REMOVAL_RESPONSE:
+            raise UnexpectedPhase(f"sent {envelope.kind.name} during noise removal", sender=sender)
+        if sender not in self._unmasked_by:
+            raise UnexpectedPhase("was not asked for noise removal", sender=sender)
+        if sender in self._removal_answered:
+            raise DuplicateMessage("second noise-removal answer", sender=sender)
+        self._check_signature(envelope)
+        self._removal_answered.add(sender)
+        return envelope.payload
+
+    def _open(self, data: bytes) -> messages.Envelope:
+        """Decode a message for this session and round; the server is unchanged."""
+        envelope = messages.decode(data, max_bytes=self._limit)
+        if (envelope.session_id, envelope.round_index) != (
+            self.config.session_id,
+            self.config.round_index,
+        ):
+            raise WrongSession(
+                f"message for round {envelope.round_index} of another session or round",
+                sender=envelope.sender,
+            )
+        return envelope
 
     # -- validation of incoming messages (raise, change nothing) --------------------------------
 
@@ -392,6 +438,7 @@ class Server:
                 f"in every neighbourhood they act on; the threshold is {t}"
             )
         signature = {u: self._inbox[u].signature for u in signers}
+        self._signatures = signature
         return self._unmask_requests(
             frozenset(chosen), lambda u: tuple((v, signature[v]) for v in sorted(chosen[u]))
         )
@@ -418,6 +465,7 @@ class Server:
 
     def _close_unmask(self) -> dict[int, messages.Payload]:
         responses: Mapping[int, messages.UnmaskResponse] = self._inbox
+        self._unmasked_by = frozenset(responses)
         t = self.config.threshold
         if len(responses) < t:
             raise ThresholdNotMet(

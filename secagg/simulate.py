@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -18,16 +18,18 @@ from secagg.config import SecAggConfig
 from secagg.errors import ThresholdNotMet
 from secagg.hazmat.prg import DEFAULT_CHUNK_BYTES
 from secagg.hazmat.signing import SigningKey
-from secagg.messages import SERVER_ID
+from secagg.messages import SERVER_ID, NoiseRemovalResponse
 from secagg.policy import ClientPolicy
 from secagg.randomness import RandomSource, system_random
 from secagg.server import Server
 from secagg.stages import Phase
 
-__all__ = ["AggregationResult", "ProgressCallback", "aggregate"]
+__all__ = ["AggregationResult", "ProgressCallback", "RevealNoise", "aggregate"]
 
 ProgressCallback = Callable[[Phase, int, int], None]
 """Called as ``progress(phase, done, total)``: once with ``done=0``, then after each step."""
+RevealNoise = Callable[[int], tuple[tuple[int, bytes], ...]]
+"""Called as ``reveal(m)`` by a client: the (component index, seed) pairs it reveals."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,6 +50,8 @@ class AggregationResult:
         phase_bytes_down: bytes the server sent to clients at the start of each phase.
         mask_seconds: time the clients spent expanding masks, summed.
         keystream_bytes: keystream bytes the clients expanded, summed.
+        noise_removal: each client's answer to the noise-removal request, by id (empty unless
+            ``noise_removal`` was passed to :func:`aggregate`).
     """
 
     total: np.ndarray
@@ -63,6 +67,7 @@ class AggregationResult:
     phase_bytes_down: Mapping[Phase, int]
     mask_seconds: float
     keystream_bytes: int
+    noise_removal: Mapping[int, NoiseRemovalResponse] = field(default_factory=dict)
 
 
 def _dropout_phases(
@@ -98,6 +103,7 @@ def aggregate(
     rng: RandomSource = system_random,
     progress: ProgressCallback | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    noise_removal: Mapping[int, RevealNoise] | None = None,
 ) -> AggregationResult:
     """Run one secure-aggregation round with every party in this process.
 
@@ -117,6 +123,10 @@ def aggregate(
         rng: randomness for keys, seeds and shares (``os.urandom``; seed only for replay).
         progress: optional callback ``progress(phase, done, total)``.
         chunk_bytes: working-set size of mask expansion.
+        noise_removal: with identities, each client's ``reveal(m)`` callback: after the round
+            the server forwards the consistency signatures and each client answers with the
+            seeds of removable noise its certified honest floor m allows
+            (:meth:`secagg.Client.answer_noise_removal`).
 
     Returns:
         The sum and what the round cost.
@@ -221,6 +231,14 @@ def aggregate(
         if progress:
             progress(phase, total_steps, total_steps)
 
+    removals: dict[int, NoiseRemovalResponse] = {}
+    if noise_removal is not None and identities:
+        for u, request in server.noise_removal_requests().items():
+            reply = clients[u].answer_noise_removal(request, noise_removal[u])
+            removals[u] = server.receive_noise_removal(reply)
+            for party, size in ((SERVER_ID, len(request)), (u, len(reply))):
+                bytes_sent[party] += size
+                bytes_received[u if party == SERVER_ID else SERVER_ID] += size
     result = server.result
     return AggregationResult(
         total=result.total,
@@ -236,4 +254,5 @@ def aggregate(
         phase_bytes_down=phase_bytes_down,
         mask_seconds=sum(c.stats.mask_seconds for c in clients.values()),
         keystream_bytes=sum(c.stats.keystream_bytes for c in clients.values()),
+        noise_removal=removals,
     )

@@ -40,6 +40,8 @@ class MessageType(IntEnum):
     CONSISTENCY_SIGNATURE = 7
     UNMASK_REQUEST = 8
     UNMASK_RESPONSE = 9
+    NOISE_REMOVAL_REQUEST = 10
+    NOISE_REMOVAL_RESPONSE = 11
 
     @property
     def from_client(self) -> bool:

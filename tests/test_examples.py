@@ -103,3 +103,34 @@ def test_flower_app_runs_on_the_simulation_runtime():
     assert len(accuracies) == 3 and accuracies[-1] > 0.5
     assert "\x1b" not in output
     assert "deprecat" not in output.lower()
+
+
+def _torchrun_accuracy(script: str) -> float:
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "4",
+            str(EXAMPLES / script),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+        env={**ENV, "OMP_NUM_THREADS": "1"},
+    )
+    return float(re.findall(r"test accuracy ([0-9.]+)", completed.stdout)[-1])
+
+
+@pytest.mark.slow
+def test_the_secure_ddp_script_reaches_the_plain_ddp_scripts_accuracy():
+    """examples/torchrun_secure_ddp.py (the plain DDP script plus register_secure_hook) reaches
+    the plain script's accuracy on digits under torchrun with 4 processes. The fast test of the
+    same behaviour is tests/fl/test_distributed.py's DDP-hook test."""
+    plain = _torchrun_accuracy("torchrun_plain_ddp.py")
+    secure = _torchrun_accuracy("torchrun_secure_ddp.py")
+    assert plain > 0.85
+    assert abs(plain - secure) <= 0.01

@@ -1,14 +1,46 @@
-"""The server's side of a round: cohort sampling, applying the mean update, evaluation."""
+"""FedAvg (McMahan et al. 2017): cohort sampling, full local work for every client (stragglers
+are dropped, the baseline of Li et al. 2020), applying the weighted mean update, evaluation."""
 
 from __future__ import annotations
+
+from collections.abc import Collection, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from fl.algorithms.base import Algorithm, LocalWork
+from fl.core.config import AlgorithmName
 from fl.core.params import load_vector, to_vector
 
-__all__ = ["FedAvgServer", "sample_cohort"]
+__all__ = ["FedAvg", "FedAvgServer", "sample_cohort"]
+
+
+class FedAvg(Algorithm):
+    """Every client runs E epochs of plain local training; a straggler, which cannot finish
+    them in time, is dropped from the round (the server does not wait for it).
+
+    Example:
+        >>> work = FedAvg().plan_work([1, 2, 3], epochs=5, stragglers={2}, generator=None)
+        >>> sorted(work), work[1].epochs
+        ([1, 3], 5)
+    """
+
+    name = AlgorithmName.FEDAVG
+
+    @property
+    def proximal_mu(self) -> None:
+        return None
+
+    def plan_work(
+        self,
+        cohort: Sequence[int],
+        *,
+        epochs: int,
+        stragglers: Collection[int],
+        generator: np.random.Generator | None,
+    ) -> dict[int, LocalWork]:
+        return {client: LocalWork(epochs) for client in cohort if client not in stragglers}
 
 
 def sample_cohort(clients: int, size: int, generator: np.random.Generator) -> list[int]:

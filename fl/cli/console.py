@@ -390,6 +390,11 @@ def render_run(output: Output, result: Any) -> None:
         target = summary.get("epsilon_target")
         if target is not None:
             line += f" (target {target:g})"
+        if summary["privacy_level"] == "central":
+            line += (
+                " against everyone but the server, which is trusted with the noise-free sum "
+                "(no guarantee against it)"
+            )
         output.print(line + "; ledger in privacy.json")
         if target is not None and summary["epsilon"] > target * (1 + 1e-9):
             output.warning(
@@ -412,11 +417,21 @@ def render_sweep(output: Output, summary: list[dict], *, level: str, delta: floa
     table = Table(
         title=f"Accuracy against epsilon ({level}-level, delta {delta:g})", title_justify="left"
     )
-    for heading in ("epsilon", "runs", "accuracy mean", "std", "min", "max", "epsilon spent"):
+    for heading in (
+        "level",
+        "epsilon",
+        "runs",
+        "accuracy mean",
+        "std",
+        "min",
+        "max",
+        "epsilon spent",
+    ):
         table.add_column(heading, justify="right")
     for entry in summary:
         spent = entry["epsilon_spent"]
         table.add_row(
+            entry.get("level", level),
             "inf (no DP)" if math.isinf(entry["epsilon"]) else f"{entry['epsilon']:g}",
             str(entry["runs"]),
             f"{100 * entry['accuracy_mean']:.1f}%",

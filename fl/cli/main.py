@@ -23,7 +23,15 @@ from dp.errors import DPError
 from dp.ledger import PrivacyLevel
 from fl.cli.console import Output, OutputMode, phase_progress, render_aggregation
 from fl.cli.demo import run_aggregation_demo
-from fl.core.config import Device, ModelName, Partition, RunConfig
+from fl.core.config import (
+    AlgorithmName,
+    Dataset,
+    Device,
+    ModelName,
+    Partition,
+    RunConfig,
+    ScheduleMode,
+)
 from fl.errors import FLError, OutputError, UsageError
 
 __all__ = ["build_parser", "main"]
@@ -84,6 +92,45 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+def _data_spec(text: str) -> dict[str, Any]:
+    """``--data``: digits | synthetic | synthetic:ALPHA,BETA | npz:PATH, as configuration keys."""
+    name, _, argument = text.partition(":")
+    if name == Dataset.DIGITS.value and not argument:
+        return {"data.dataset": Dataset.DIGITS.value}
+    if name == "npz" and argument:
+        return {"data.dataset": Dataset.NPZ.value, "data.path": argument}
+    if name == "synthetic" and not argument:
+        return {"data.dataset": Dataset.SYNTHETIC.value}
+    if name == "synthetic":
+        try:
+            alpha, beta = (float(part) for part in argument.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"synthetic:ALPHA,BETA takes two numbers, e.g. synthetic:1,1; got {text}"
+            ) from None
+        return {
+            "data.dataset": Dataset.FEDPROX_SYNTHETIC.value,
+            "data.synthetic_alpha": alpha,
+            "data.synthetic_beta": beta,
+        }
+    raise argparse.ArgumentTypeError(
+        f"must be digits, synthetic, synthetic:ALPHA,BETA or npz:PATH; got {text}"
+    )
+
+
+def _levels(text: str) -> list[PrivacyLevel]:
+    """``--level``: privacy levels, comma-separated (none is the sweep's reference)."""
+    allowed = [v.value for v in PrivacyLevel if v is not PrivacyLevel.NONE]
+    levels = []
+    for part in text.split(","):
+        if part.strip() not in allowed:
+            raise argparse.ArgumentTypeError(
+                f"must list levels among {', '.join(allowed)} (comma-separated); got {text}"
+            )
+        levels.append(PrivacyLevel(part.strip()))
+    return list(dict.fromkeys(levels))
+
+
 def _output_options() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("output").add_mutually_exclusive_group()
@@ -120,7 +167,11 @@ def _add_run_parser(commands: argparse._SubParsersAction, output: argparse.Argum
             "  privagg run                                  # the default federation\n"
             "  privagg run --clients 50 --fraction 0.2 --rounds 40 --model cnn\n"
             "  privagg run --no-secure --out runs/plain     # plaintext FedAvg, for comparison\n"
-            "  privagg run --resume                         # continue the latest run in runs/"
+            "  privagg run --resume                         # continue the latest run in runs/\n"
+            "  privagg run --data synthetic:1,1 --clients 30 --per-round 10 --model logistic \\\n"
+            "      --algorithm fedprox --mu 1 --stragglers 0.5 --local-epochs 20   # FedProx\n"
+            "  privagg run --mode async --buffer 5 --concurrency 20 --clients 50   # FedBuff\n"
+            "  privagg run --dp central --epsilon 4 --clients 100 --per-round 20   # central DP"
         ),
         formatter_class=_Formatter,
     )
@@ -151,7 +202,27 @@ def _add_run_parser(commands: argparse._SubParsersAction, output: argparse.Argum
     run.add_argument(
         "--model",
         choices=[m.value for m in ModelName],
-        help=f"reference model {_default('model.name')}",
+        help=f"reference model (logistic: multinomial logistic regression) {_default('model.name')}",
+    )
+    run.add_argument(
+        "--data",
+        type=_data_spec,
+        metavar="SPEC",
+        help="the data set: digits (scikit-learn's 8x8 digits), synthetic (a Gaussian mixture), "
+        "synthetic:ALPHA,BETA (Synthetic(alpha, beta) of the FedProx paper: 60 features, 10 "
+        "classes, every client's data generated for it, heavy-tailed client sizes), or "
+        "npz:PATH (arrays x, y) (default: digits)",
+    )
+    run.add_argument(
+        "--local-epochs",
+        type=int,
+        help=f"local epochs per round (E) {_default('training.local_epochs')}",
+    )
+    run.add_argument(
+        "--batch-size", type=int, help=f"local minibatch size {_default('training.batch_size')}"
+    )
+    run.add_argument(
+        "--lr", type=float, help=f"local learning rate {_default('training.learning_rate')}"
     )
     run.add_argument(
         "--partition",
@@ -194,10 +265,66 @@ def _add_run_parser(commands: argparse._SubParsersAction, output: argparse.Argum
         action="store_true",
         help="continue the run in --out (default: off; without --out, the latest in runs/)",
     )
+    algorithm = run.add_argument_group(
+        "algorithm",
+        "FedAvg (McMahan et al. 2017) or FedProx (Li et al. 2020). Stragglers are a fraction of "
+        "every round's cohort, drawn from the seed, that cannot finish their local epochs: "
+        "FedAvg drops them, FedProx averages their partial work (1 to E-1 epochs).",
+    )
+    algorithm.add_argument(
+        "--algorithm",
+        choices=[a.value for a in AlgorithmName],
+        help=f"federated algorithm {_default('algorithm.name')}",
+    )
+    algorithm.add_argument(
+        "--mu",
+        type=float,
+        help="FedProx's proximal weight: (mu/2)||w - w_global||^2 joins each local objective "
+        f"{_default('algorithm.mu')}",
+    )
+    algorithm.add_argument(
+        "--stragglers",
+        type=float,
+        help=f"fraction of each cohort that straggles, in [0, 1] {_default('algorithm.stragglers')}",
+    )
+    schedule = run.add_argument_group(
+        "asynchronous mode",
+        "Buffered asynchronous secure aggregation (FedBuff, Nguyen et al. 2022): C clients train "
+        "at once on the model they pulled, every K arrivals form one secure-aggregation session "
+        "(one server update), and each client weighs its update by 1/sqrt(1 + staleness) before "
+        "masking it. K must be at least the clients' policy floor (policy.min_clients, 5). "
+        "Client speeds are simulated (a seeded lognormal spread); metrics carry the simulated "
+        "time, in both modes.",
+    )
+    schedule.add_argument(
+        "--mode",
+        choices=[m.value for m in ScheduleMode],
+        help=f"synchronous rounds or buffered asynchronous updates {_default('schedule.mode')}",
+    )
+    schedule.add_argument(
+        "--buffer",
+        type=int,
+        metavar="K",
+        help="async: arrivals per secure-aggregation session (default: the cohort size)",
+    )
+    schedule.add_argument(
+        "--concurrency",
+        type=int,
+        metavar="C",
+        help="async: clients training at once (default: twice the buffer)",
+    )
+    schedule.add_argument(
+        "--speed-sigma",
+        type=float,
+        help="spread of simulated client speeds, the sigma of a lognormal "
+        f"{_default('schedule.speed_sigma')}",
+    )
     privacy = run.add_argument_group(
         "differential privacy",
         "sample level: DP-SGD (Opacus) on every client, epsilon per record; client level: each "
-        "client clips its update and adds integer noise before masking, epsilon per client. "
+        "client clips its update and adds integer noise before masking, epsilon per client; "
+        "central level: each client clips its update and the server, trusted with the "
+        "noise-free sum, adds Gaussian noise to it, epsilon per client against everyone else. "
         "The noise is calibrated once, for the rounds the run starts with: the target epsilon "
         "is a contract for the run's life. The flags after --dp need it.",
     )
@@ -253,6 +380,16 @@ _RUN_FLAGS = {
     "per_round": "training.per_round",
     "dropout": "secure.dropout",
     "model": "model.name",
+    "local_epochs": "training.local_epochs",
+    "batch_size": "training.batch_size",
+    "lr": "training.learning_rate",
+    "algorithm": "algorithm.name",
+    "mu": "algorithm.mu",
+    "stragglers": "algorithm.stragglers",
+    "mode": "schedule.mode",
+    "buffer": "schedule.buffer",
+    "concurrency": "schedule.concurrency",
+    "speed_sigma": "schedule.speed_sigma",
     "partition": "data.partition",
     "alpha": "data.alpha",
     "secure": "secure.enabled",
@@ -285,7 +422,7 @@ def _check_privacy_flags(args: argparse.Namespace, level: PrivacyLevel) -> None:
     if given and level is PrivacyLevel.NONE:
         flags = ", ".join("--" + flag.replace("_", "-") for flag in given)
         raise UsageError(
-            f"{flags} without --dp: add --dp sample or --dp client (or privacy.level in the "
+            f"{flags} without --dp: add --dp sample, client or central (or privacy.level in the "
             "--config file), or drop the flag; without a privacy level the run has no "
             "differential privacy"
         )
@@ -301,6 +438,7 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
         for flag, key in _RUN_FLAGS.items()
         if getattr(args, flag) is not None and flag != "out"
     }
+    overrides.update(args.data or {})
     if args.resume:
         if args.config:
             raise UsageError(
@@ -377,14 +515,25 @@ def _add_sweep_parser(
             "ones resume. Other settings (e.g. more rounds, whose noise would not match the "
             "points' epsilons) are refused: use another --out."
         ),
-        epilog="example:\n  privagg sweep --epsilons 0.5,1,2,4,8,inf --level sample --seeds 3 --jobs 2",
+        epilog=(
+            "examples:\n"
+            "  privagg sweep --epsilons 0.5,1,2,4,8,inf --level sample --seeds 3 --jobs 2\n"
+            "  privagg sweep --epsilons 1,2,4,8,inf --level client,central --clients 100 \\\n"
+            "      --per-round 20 --seeds 2     # client against central level, one plot"
+        ),
         formatter_class=_Formatter,
     )
     sweep.add_argument(
         "--epsilons", default="0.5,1,2,4,8,inf", help="comma-separated targets (inf: no DP)"
     )
     sweep.add_argument(
-        "--level", choices=["sample", "client"], default="sample", help="privacy level"
+        "--level",
+        type=_levels,
+        default=[PrivacyLevel.SAMPLE],
+        metavar="LEVELS",
+        help="privacy level(s), comma-separated: sample, client, central; several levels are "
+        "trained on the same settings and drawn on one plot (e.g. client,central) "
+        "(default: sample)",
     )
     sweep.add_argument(
         "--seeds", type=_positive, default=3, help="repetitions per epsilon (seeds 0..N-1)"
@@ -399,6 +548,11 @@ def _add_sweep_parser(
     )
     sweep.add_argument(
         "--clients", type=int, help=f"clients of every run {_default('training.clients')}"
+    )
+    sweep.add_argument(
+        "--per-round",
+        type=int,
+        help="clients sampled per round in every run (default: unset, training.fraction)",
     )
     sweep.add_argument(
         "--out", metavar="DIR", help="sweep folder (default: a new runs/sweep-<time>)"
@@ -426,32 +580,38 @@ def _sweep(args: argparse.Namespace, output: Output) -> int:
     base = load_config(args.config) if args.config else RunConfig()
     overrides = {
         key: value
-        for key, value in (("training.rounds", args.rounds), ("training.clients", args.clients))
+        for key, value in (
+            ("training.rounds", args.rounds),
+            ("training.clients", args.clients),
+            ("training.per_round", args.per_round),
+        )
         if value is not None
     }
     base = base.with_overrides(overrides)
-    level = PrivacyLevel(args.level)
+    level = args.level
+    names = ",".join(v.value for v in level)
     out = Path(args.out or time.strftime("runs/sweep-%Y%m%d-%H%M%S"))
     points = plan_sweep(
         base, epsilons=parse_epsilons(args.epsilons), level=level, seeds=args.seeds, out=out
     )
     output.print(
-        f"[bold]privagg sweep[/]: {len(points)} runs ({args.level}-level DP), {args.jobs} at a "
+        f"[bold]privagg sweep[/]: {len(points)} runs ({names}-level DP), {args.jobs} at a "
         f"time, in {out}/"
     )
-    output.event("start", out=str(out), runs=len(points), level=args.level, jobs=args.jobs)
+    output.event("start", out=str(out), runs=len(points), level=names, jobs=args.jobs)
 
     def report(row: SweepRow, cached: bool) -> None:
         eps = "inf" if math.isinf(row.epsilon) else f"{row.epsilon:g}"
         note = " (already done)" if cached else f" in {row.wall_seconds:.1f} s"
         output.plain(
-            f"  epsilon {eps:>5} seed {row.seed}: accuracy {100 * row.final_accuracy:.1f}%{note}"
+            f"  {row.level:>7} epsilon {eps:>5} seed {row.seed}: accuracy "
+            f"{100 * row.final_accuracy:.1f}%{note}"
         )
         output.event("point", cached=cached, **row.__dict__)
 
     rows = run_sweep(points, jobs=args.jobs, on_result=report)
     write_outputs(out, rows, level=level)
-    render_sweep(output, summarise(rows), level=args.level, delta=base.privacy.delta)
+    render_sweep(output, summarise(rows), level=names, delta=base.privacy.delta)
     files = ["sweep.csv", "sweep.json", "accuracy_vs_epsilon.png"]
     output.plain(f"written to {out}/: {', '.join(files)}")
     output.event("files", out=str(out), files=files)

@@ -1,10 +1,13 @@
-"""Privacy-budget experiments: one federated training per (epsilon, seed), then the curve.
+"""Privacy-budget experiments: one federated training per (level, epsilon, seed), then the
+curves.
 
 Each point runs in its own process (``jobs`` at a time) and its own folder
-``<out>/eps-<epsilon>/seed-<seed>``; a sweep that stops part-way resumes, skipping finished
+``<out>/eps-<epsilon>/seed-<seed>`` (with several privacy levels,
+``<out>/<level>/eps-<epsilon>/seed-<seed>``; the non-private reference stays in
+``<out>/eps-inf``, shared by the levels); a sweep that stops part-way resumes, skipping finished
 points and resuming interrupted ones from their checkpoints. The results land in ``sweep.csv``,
-``sweep.json`` and ``accuracy_vs_epsilon.png`` (mean and spread per epsilon, with the
-non-private accuracy as a reference line).
+``sweep.json`` and ``accuracy_vs_epsilon.png`` (mean and spread per epsilon, one curve per
+level, with the non-private accuracy as a reference line).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class SweepPoint:
     seed: int
     config_toml: str
     folder: str
+    level: str = PrivacyLevel.NONE.value
 
 
 @dataclass(frozen=True)
@@ -75,30 +79,50 @@ def parse_epsilons(text: str) -> list[float]:
 
 
 def plan_sweep(
-    base: RunConfig, *, epsilons: Sequence[float], level: PrivacyLevel, seeds: int, out: Path
+    base: RunConfig,
+    *,
+    epsilons: Sequence[float],
+    level: PrivacyLevel | Sequence[PrivacyLevel],
+    seeds: int,
+    out: Path,
 ) -> list[SweepPoint]:
-    """Every (epsilon, seed) point; the non-private reference (inf) is always included."""
+    """Every (level, epsilon, seed) point; the non-private reference (inf) is always included,
+    once for all levels.
+
+    Raises:
+        ConfigError: a level of ``none`` (the reference is always there).
+    """
+    levels = [level] if isinstance(level, PrivacyLevel) else list(dict.fromkeys(level))
+    if not levels or PrivacyLevel.NONE in levels:
+        raise ConfigError(
+            "--level", ",".join(v.value for v in levels), "sample, client and/or central"
+        )
     points = []
-    for epsilon in sorted({*epsilons, math.inf}):
-        for seed in range(base.seed, base.seed + seeds):
-            folder = (
-                out / ("eps-inf" if math.isinf(epsilon) else f"eps-{epsilon:g}") / f"seed-{seed}"
-            )
-            privacy = {
-                "privacy.level": PrivacyLevel.NONE.value,
-                "privacy.epsilon": None,
-                "privacy.noise_multiplier": None,
-                "privacy.max_epsilon": None,
-            }
-            if not math.isinf(epsilon):
+    for seed in range(base.seed, base.seed + seeds):
+        folder = out / "eps-inf" / f"seed-{seed}"
+        privacy = {
+            "privacy.level": PrivacyLevel.NONE.value,
+            "privacy.epsilon": None,
+            "privacy.noise_multiplier": None,
+            "privacy.max_epsilon": None,
+        }
+        config = base.with_overrides({**privacy, "seed": seed, "out": str(folder)})
+        points.append(SweepPoint(math.inf, seed, config.to_toml(), str(folder)))
+    for current in levels:
+        root = out if len(levels) == 1 else out / current.value
+        for epsilon in sorted({e for e in epsilons if not math.isinf(e)}):
+            for seed in range(base.seed, base.seed + seeds):
+                folder = root / f"eps-{epsilon:g}" / f"seed-{seed}"
                 privacy = {
-                    "privacy.level": level.value,
+                    "privacy.level": current.value,
                     "privacy.epsilon": epsilon,
                     "privacy.noise_multiplier": None,
                 }
-            config = base.with_overrides({**privacy, "seed": seed, "out": str(folder)})
-            points.append(SweepPoint(epsilon, seed, config.to_toml(), str(folder)))
-    return points
+                config = base.with_overrides({**privacy, "seed": seed, "out": str(folder)})
+                points.append(
+                    SweepPoint(epsilon, seed, config.to_toml(), str(folder), current.value)
+                )
+    return sorted(points, key=lambda p: (p.epsilon, p.level, p.seed))
 
 
 def check_points(points: Sequence[SweepPoint]) -> None:
@@ -218,14 +242,16 @@ def run_sweep(
 
 
 def summarise(rows: Sequence[SweepRow]) -> list[dict]:
-    """Per epsilon: mean, standard deviation, min and max accuracy, and mean epsilon spent."""
+    """Per (level, epsilon): mean, standard deviation, min and max accuracy, and mean epsilon
+    spent; ordered by epsilon, the non-private reference (level ``none``) last."""
     table = []
-    for epsilon in sorted({r.epsilon for r in rows}):
-        group = [r for r in rows if r.epsilon == epsilon]
+    for epsilon, level in sorted({(r.epsilon, r.level) for r in rows}):
+        group = [r for r in rows if r.epsilon == epsilon and r.level == level]
         accuracies = [r.final_accuracy for r in group]
         spent = [r.epsilon_spent for r in group if r.epsilon_spent is not None]
         table.append(
             {
+                "level": level,
                 "epsilon": epsilon,
                 "runs": len(group),
                 "accuracy_mean": statistics.fmean(accuracies),
@@ -238,8 +264,11 @@ def summarise(rows: Sequence[SweepRow]) -> list[dict]:
     return table
 
 
-def write_outputs(out: Path, rows: Sequence[SweepRow], *, level: PrivacyLevel) -> None:
+def write_outputs(
+    out: Path, rows: Sequence[SweepRow], *, level: PrivacyLevel | Sequence[PrivacyLevel]
+) -> None:
     """Write ``sweep.csv``, ``sweep.json`` and ``accuracy_vs_epsilon.png`` into ``out``."""
+    levels = [level] if isinstance(level, PrivacyLevel) else list(level)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "sweep.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(SweepRow.__dataclass_fields__))
@@ -247,22 +276,29 @@ def write_outputs(out: Path, rows: Sequence[SweepRow], *, level: PrivacyLevel) -
         for row in rows:
             writer.writerow(asdict(row))
     table = summarise(rows)
-    document = {"level": level.value, "summary": table, "runs": [asdict(r) for r in rows]}
+    document = {
+        "level": ",".join(v.value for v in levels),
+        "summary": table,
+        "runs": [asdict(r) for r in rows],
+    }
     # strict JSON: the non-private reference's epsilon (inf) is written as null
     (out / "sweep.json").write_text(json.dumps(json_safe(document), indent=1) + "\n")
-    _plot(out, table, level)
+    _plot(out, table, levels)
 
 
-def _plot(out: Path, table: list[dict], level: PrivacyLevel) -> None:
+def _plot(out: Path, table: list[dict], levels: Sequence[PrivacyLevel]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    private = [t for t in table if not math.isinf(t["epsilon"])]
     reference = next((t for t in table if math.isinf(t["epsilon"])), None)
     figure, axis = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
-    if private:
+    ticks: set[float] = set()
+    for level in levels:
+        private = [t for t in table if not math.isinf(t["epsilon"]) and t["level"] == level.value]
+        if not private:
+            continue
         eps = [t["epsilon"] for t in private]
         mean = [100 * t["accuracy_mean"] for t in private]
         low = [100 * (t["accuracy_mean"] - t["accuracy_min"]) for t in private]
@@ -275,8 +311,10 @@ def _plot(out: Path, table: list[dict], level: PrivacyLevel) -> None:
             capsize=4,
             label=f"{level.value}-level DP (mean, min-max)",
         )
+        ticks.update(eps)
+    if ticks:
         axis.set_xscale("log")
-        axis.set_xticks(eps, [f"{e:g}" for e in eps])
+        axis.set_xticks(sorted(ticks), [f"{e:g}" for e in sorted(ticks)])
         axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     if reference is not None:
         axis.axhline(

@@ -6,12 +6,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 import secagg
 from dp.distributed import DistributedNoiseEncoder
+from dp.removable import NoiseSeeds, RemovableNoise
 from fl.errors import InputError
 from secagg.encoding import FixedPointEncoder
 from secagg.randomness import RandomSource, system_random
@@ -19,12 +20,16 @@ from secagg.randomness import RandomSource, system_random
 __all__ = [
     "AggregateOutcome",
     "ClientUpdate",
+    "EncodedInput",
+    "Encoding",
     "FixedPointEncoding",
     "NoisyEncoding",
     "ProtocolRunner",
     "contributes_in_the_clear",
     "finite_updates",
+    "noise_ladder",
     "plain_weighted_mean",
+    "revealer",
     "run_in_process",
     "secure_noisy_mean",
     "secure_weighted_mean",
@@ -52,6 +57,9 @@ class AggregateOutcome:
         seconds: wall time of encoding, the protocol and decoding (0 in the clear).
         error_bound: elementwise bound on the distance to the exact weighted mean of the
             clipped updates (0 in the clear, infinite with DP noise).
+        noise_variance_left: with exact noise, the variance per coordinate (scaled ring units)
+            of the noise left in the sum after removal; None otherwise.
+        noise_ladder: with exact noise, the removable split the clients drew their noise with.
     """
 
     mean: np.ndarray
@@ -61,11 +69,22 @@ class AggregateOutcome:
     bytes_down: int
     seconds: float
     error_bound: float
+    noise_variance_left: float | None = None
+    noise_ladder: RemovableNoise | None = None
 
 
 def system_sources(_client: int) -> RandomSource:
     """Every client's randomness from :func:`os.urandom` (the default)."""
     return system_random
+
+
+@dataclass(frozen=True, eq=False)
+class EncodedInput:
+    """One client's encoded input: its ring words and, with exact noise, the secret seeds of
+    its removable noise (kept by whoever holds the client until it reveals some of them)."""
+
+    words: np.ndarray
+    seeds: NoiseSeeds | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,15 +98,23 @@ class FixedPointEncoding:
     Attributes:
         encoder: the round's encoder.
         random: ``client id -> random source`` for stochastic rounding.
+        weight: the weight every client encodes (central DP: 1); None: each update's own.
     """
 
     encoder: FixedPointEncoder
     random: Callable[[int], RandomSource] = system_sources
+    weight: int | None = None
 
-    def __call__(self, client: int, update: ClientUpdate) -> np.ndarray:
+    @property
+    def ladder(self) -> None:
+        """No removable noise: the weighted mean adds none."""
+        return None
+
+    def __call__(self, client: int, update: ClientUpdate) -> EncodedInput:
         """Client ``client``'s ring vector."""
-        return self.encoder.encode(
-            update.vector, weight=update.weight, random_bytes=self.random(client)
+        weight = update.weight if self.weight is None else self.weight
+        return EncodedInput(
+            self.encoder.encode(update.vector, weight=weight, random_bytes=self.random(client))
         )
 
 
@@ -100,35 +127,62 @@ class NoisyEncoding:
         encoder: the round's encoder.
         rotation_seed: the round's public rotation seed.
         random: ``client id -> random source`` for rounding and noise.
+        ladder: with exact noise, the removable split of each client's share (Dordis, EuroSys
+            2024; :mod:`dp.removable`): the client draws fresh secret seeds for its ladder.
     """
 
     encoder: DistributedNoiseEncoder
     rotation_seed: bytes
     random: Callable[[int], RandomSource] = system_sources
+    ladder: RemovableNoise | None = None
 
-    def __call__(self, client: int, update: ClientUpdate) -> np.ndarray:
-        """Client ``client``'s ring vector, its noise share included."""
-        return self.encoder.encode(
-            update.vector, rotation_seed=self.rotation_seed, random_bytes=self.random(client)
+    def __call__(self, client: int, update: ClientUpdate) -> EncodedInput:
+        """Client ``client``'s ring vector, its noise share included (and its ladder seeds)."""
+        seeds = noise = None
+        if self.ladder is not None:
+            seeds = NoiseSeeds.generate(self.ladder, self.random(client))
+            noise = seeds.noise(self.ladder, self.encoder.padded, self.random(client))
+        words = self.encoder.encode(
+            update.vector,
+            rotation_seed=self.rotation_seed,
+            random_bytes=self.random(client),
+            noise=noise,
         )
+        return EncodedInput(words, seeds)
 
+
+Encoding = FixedPointEncoding | NoisyEncoding
 
 ProtocolRunner = Callable[..., secagg.AggregationResult]
 """``runner(updates, encoding, **protocol) -> secagg.AggregationResult``: encode each client's
 update with ``encoding`` and run one secure-aggregation round on the results, with the keyword
-arguments of :func:`secagg.aggregate`. :func:`run_in_process` does both here, client after
-client; :class:`fl.engines.pool.PooledProtocol` does the clients' side in worker processes."""
+arguments of :func:`secagg.aggregate` (less ``noise_removal``: with ``encoding.ladder`` set and
+identities on, each client answers the noise-removal request from its own seeds).
+:func:`run_in_process` does both here, client after client; :class:`fl.engines.pool.
+PooledProtocol` does the clients' side in worker processes."""
+
+
+def revealer(
+    ladder: RemovableNoise, seeds: NoiseSeeds
+) -> Callable[[int], tuple[tuple[int, bytes], ...]]:
+    """A client's ``reveal(m)`` answer to noise removal: the seeds of the ladder components its
+    certified honest floor ``m`` makes unnecessary (:meth:`dp.removable.RemovableNoise.removal`)."""
+    return lambda honest_floor: seeds.reveal(ladder.removal(honest_floor))
 
 
 def run_in_process(
-    updates: Mapping[int, ClientUpdate],
-    encoding: Callable[[int, ClientUpdate], np.ndarray],
-    **protocol: object,
+    updates: Mapping[int, ClientUpdate], encoding: Encoding, **protocol: object
 ) -> secagg.AggregationResult:
     """The default :data:`ProtocolRunner`: every client encodes, then :func:`secagg.aggregate`
-    runs all parties in this process."""
+    runs all parties in this process (and the clients' noise removal, with a ladder)."""
     encoded = {u: encoding(u, update) for u, update in updates.items()}
-    return secagg.aggregate(encoded, **protocol)
+    ladder = encoding.ladder
+    removal = None
+    if ladder is not None:
+        removal = {u: revealer(ladder, e.seeds) for u, e in encoded.items()}
+    return secagg.aggregate(
+        {u: e.words for u, e in encoded.items()}, noise_removal=removal, **protocol
+    )
 
 
 def contributes_in_the_clear(phase: secagg.Phase | None) -> bool:
@@ -317,10 +371,18 @@ def secure_noisy_mean(
     noise_random: Callable[[int], RandomSource] | None = None,
     progress: secagg.ProgressCallback | None = None,
     runner: ProtocolRunner | None = None,
+    exact_noise: bool = False,
 ) -> AggregateOutcome:
     """Client-level DP mean: each client clips, rounds and adds its share of integer noise
     (:class:`dp.distributed.DistributedNoiseEncoder`) before masking, so the unmasked sum is
     already noisy; the server divides it by the number of contributors (equal weights).
+
+    With ``exact_noise`` (identities and Skellam required) each client draws its share as a
+    base plus removable components (:mod:`dp.removable`) and, after the round, reveals the
+    seeds of those its certified survivors make unnecessary (:mod:`secagg.removal`); the server
+    subtracts them, and ``noise_variance_left`` records what stays. The seeds stay with the
+    party that holds the client (this process, or its worker under a pool's runner) until the
+    client reveals them.
 
     ``progress`` and ``runner`` are as for :func:`secure_weighted_mean`.
 
@@ -337,9 +399,17 @@ def secure_noisy_mean(
     policy.check_noise(
         shape, noise_multiplier=encoder.noise_multiplier, noise_shares=encoder.noise_shares
     )
+    ladder = None
+    if exact_noise:
+        if not identities:
+            raise InputError(
+                "exact noise under dropouts needs identities: only signed survivor sets can "
+                "be certified (set identities, or turn exact noise off)"
+            )
+        ladder = noise_ladder(encoder, shape, policy)
     result = (runner or run_in_process)(
         updates,
-        NoisyEncoding(encoder, rotation_seed, noise_random or system_sources),
+        NoisyEncoding(encoder, rotation_seed, noise_random or system_sources, ladder),
         threshold=threshold,
         neighbours=neighbours,
         ring_bits=encoder.ring_bits,
@@ -349,11 +419,41 @@ def secure_noisy_mean(
         policy=policy,
         progress=progress,
     )
+    total, variance_left = result.total, None
+    if ladder is not None:
+        total, variance_left = _remove_noise(result, ladder, encoder)
     contributors = len(result.contributors)
-    return _outcome(
+    outcome = _outcome(
         result,
-        mean=encoder.decode(result.total, contributors=contributors, rotation_seed=rotation_seed),
+        mean=encoder.decode(total, contributors=contributors, rotation_seed=rotation_seed),
         total_weight=contributors,
         started=started,
         error_bound=math.inf,
     )
+    return replace(outcome, noise_variance_left=variance_left, noise_ladder=ladder)
+
+
+def noise_ladder(
+    encoder: DistributedNoiseEncoder, shape: secagg.SecAggConfig, policy: secagg.ClientPolicy
+) -> RemovableNoise:
+    """The removable split of each client's noise share for a session shaped like ``shape``:
+    a certified sum holds at most k + 1 - c honest clients (a closed neighbourhood less its
+    corrupt members), which sizes the base share."""
+    return encoder.removable(most_honest=shape.neighbours + 1 - policy.corrupt_neighbours(shape))
+
+
+def _remove_noise(
+    result: secagg.AggregationResult, ladder: RemovableNoise, encoder: DistributedNoiseEncoder
+) -> tuple[np.ndarray, float]:
+    """Subtract every revealed component from the sum; the variance left in it (ring units)."""
+    excess = np.zeros(encoder.padded, dtype=np.int64)
+    left = 0.0
+    for u in result.contributors:
+        answer = result.noise_removal.get(u)
+        revealed = dict(answer.seeds) if answer is not None else {}
+        excess += ladder.excess(revealed, encoder.padded)
+        left += ladder.variance_left(tuple(revealed))
+    total = (result.total.astype(np.uint64) - encoder.to_ring(excess)) & np.uint64(
+        (1 << encoder.ring_bits) - 1
+    )
+    return total, left

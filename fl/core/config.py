@@ -27,6 +27,8 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 __all__ = [
+    "AlgorithmConfig",
+    "AlgorithmName",
     "DataConfig",
     "Dataset",
     "Device",
@@ -37,6 +39,8 @@ __all__ = [
     "PolicyConfig",
     "PrivacyConfig",
     "RunConfig",
+    "ScheduleConfig",
+    "ScheduleMode",
     "SecureConfig",
     "TrainingConfig",
     "load_config",
@@ -49,6 +53,7 @@ class Dataset(str, Enum):
 
     DIGITS = "digits"  # scikit-learn's 8x8 handwritten digits (ships with the package)
     SYNTHETIC = "synthetic"  # a seeded Gaussian mixture, any size
+    FEDPROX_SYNTHETIC = "fedprox-synthetic"  # Synthetic(alpha, beta) of Li et al. 2020, per client
     NPZ = "npz"  # arrays x, y from a local .npz file
 
 
@@ -64,6 +69,21 @@ class ModelName(str, Enum):
 
     MLP = "mlp"
     CNN = "cnn"
+    LOGISTIC = "logistic"  # multinomial logistic regression (FedProx's model on Synthetic)
+
+
+class AlgorithmName(str, Enum):
+    """What clients and server compute each round (:mod:`fl.algorithms`)."""
+
+    FEDAVG = "fedavg"  # McMahan et al. 2017; stragglers are dropped
+    FEDPROX = "fedprox"  # Li et al. 2020: proximal term, stragglers send partial work
+
+
+class ScheduleMode(str, Enum):
+    """When the server updates the model."""
+
+    SYNC = "sync"  # rounds: a cohort trains from the same model, the server waits for all
+    ASYNC = "async"  # FedBuff: every K arrivals form one secure-aggregation session
 
 
 class Optimizer(str, Enum):
@@ -172,6 +192,8 @@ class DataConfig:
     synthetic_samples: int = 3000
     synthetic_features: int = 64
     synthetic_classes: int = 10
+    synthetic_alpha: float = 1.0
+    synthetic_beta: float = 1.0
 
     def __post_init__(self) -> None:
         _check_types(self, "data")
@@ -211,6 +233,13 @@ class DataConfig:
             self.synthetic_classes,
             "an integer >= 2",
         )
+        for key in ("synthetic_alpha", "synthetic_beta"):
+            _require(
+                getattr(self, key) >= 0,
+                f"data.{key}",
+                getattr(self, key),
+                "a number >= 0 (the spread of Synthetic(alpha, beta) across clients; 0: none)",
+            )
 
 
 @dataclass(frozen=True)
@@ -287,6 +316,94 @@ class TrainingConfig:
 
 
 @dataclass(frozen=True)
+class AlgorithmConfig:
+    """The federated algorithm (:mod:`fl.algorithms`) and the stragglers of each round.
+
+    ``stragglers`` is the fraction of every round's cohort that cannot finish its local epochs,
+    drawn per round from the seed (the systems heterogeneity of Li et al. 2020, Sec. 5.2):
+    FedAvg drops them; FedProx takes their partial work, a number of epochs drawn uniformly
+    from 1 to ``training.local_epochs - 1``. ``mu`` weighs FedProx's proximal term
+    (mu / 2) ||w - w_global||^2 in every client's local objective.
+    """
+
+    name: AlgorithmName = AlgorithmName.FEDAVG
+    mu: float = 0.0
+    stragglers: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_types(self, "algorithm")
+        _require(self.mu >= 0, "algorithm.mu", self.mu, "a number >= 0 (0: no proximal term)")
+        _require(
+            self.mu == 0 or self.name is AlgorithmName.FEDPROX,
+            "algorithm.mu",
+            self.mu,
+            "0 with FedAvg: mu weighs FedProx's proximal term (set algorithm.name = fedprox, "
+            "--algorithm fedprox)",
+        )
+        _require(
+            0 <= self.stragglers <= 1,
+            "algorithm.stragglers",
+            self.stragglers,
+            "a fraction of each round's cohort in [0, 1]",
+        )
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Synchronous rounds, or buffered asynchronous aggregation (FedBuff, Nguyen et al. 2022),
+    and the simulated clock both run on.
+
+    Every client has a simulated speed, seconds per local step, drawn once from the seed:
+    ``step_seconds`` times a lognormal factor exp(N(0, ``speed_sigma``^2)). A synchronous round
+    lasts as long as its slowest client; in ``async`` mode ``concurrency`` clients train at any
+    time, each on the model version it pulled, and every ``buffer`` arrivals form one
+    secure-aggregation session (a server update). Unset, ``buffer`` is the cohort size
+    (training.per_round or training.fraction) and ``concurrency`` twice the buffer (at most
+    training.clients).
+    """
+
+    mode: ScheduleMode = ScheduleMode.SYNC
+    buffer: int | None = None
+    concurrency: int | None = None
+    speed_sigma: float = 1.0
+    step_seconds: float = 0.01
+
+    def __post_init__(self) -> None:
+        _check_types(self, "schedule")
+        _require(
+            self.buffer is None or self.buffer >= 1,
+            "schedule.buffer",
+            self.buffer,
+            "an integer >= 1 (arrivals per server update), or unset for the cohort size",
+        )
+        _require(
+            self.concurrency is None or self.concurrency >= 1,
+            "schedule.concurrency",
+            self.concurrency,
+            "an integer >= 1 (clients training at once), or unset for twice the buffer",
+        )
+        _require(
+            self.speed_sigma >= 0,
+            "schedule.speed_sigma",
+            self.speed_sigma,
+            "a number >= 0 (the spread of client speeds; 0: all equally fast)",
+        )
+        _require(
+            self.step_seconds > 0,
+            "schedule.step_seconds",
+            self.step_seconds,
+            "a positive number of simulated seconds per local step",
+        )
+        for key in ("buffer", "concurrency"):
+            _require(
+                getattr(self, key) is None or self.mode is ScheduleMode.ASYNC,
+                f"schedule.{key}",
+                getattr(self, key),
+                "unset in synchronous mode: it applies to schedule.mode = async (--mode async)",
+            )
+
+
+@dataclass(frozen=True)
 class SecureConfig:
     """Secure aggregation of the updates, and the dropouts injected into it."""
 
@@ -343,6 +460,11 @@ class PrivacyConfig:
 
     DP noise comes from ``os.urandom`` unless ``reproducible_noise`` seeds it from ``seed`` (for
     experiments that must replay exactly; never for data that needs protecting).
+
+    ``exact_noise`` (client level, Skellam, with ``secure.identities``): after each round the
+    clients remove the noise their certified survivors make unnecessary, so the sum carries the
+    target variance whatever the dropouts (:mod:`dp.removable`); without identities each client
+    keeps the worst case's share, V / (t - c), and the run says how much more that is.
     """
 
     level: PrivacyLevel = PrivacyLevel.NONE
@@ -357,6 +479,7 @@ class PrivacyConfig:
     max_physical_batch: int = 64
     ghost_clipping: bool = False
     reproducible_noise: bool = False
+    exact_noise: bool = True
 
     def __post_init__(self) -> None:
         _check_types(self, "privacy")
@@ -405,9 +528,9 @@ class PrivacyConfig:
                     getattr(self, key) is None,
                     f"privacy.{key}",
                     getattr(self, key),
-                    "it needs a privacy level: add privacy.level = sample or client (--dp sample "
-                    "or --dp client), or leave it out; without a level the run has no "
-                    "differential privacy",
+                    "it needs a privacy level: add privacy.level = sample, client or central "
+                    "(--dp sample, --dp client or --dp central), or leave it out; without a "
+                    "level the run has no differential privacy",
                 )
         else:
             _require(
@@ -463,6 +586,8 @@ _SECTIONS = {
     "data": DataConfig,
     "model": ModelConfig,
     "training": TrainingConfig,
+    "algorithm": AlgorithmConfig,
+    "schedule": ScheduleConfig,
     "secure": SecureConfig,
     "privacy": PrivacyConfig,
     "policy": PolicyConfig,
@@ -482,6 +607,8 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     secure: SecureConfig = field(default_factory=SecureConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -492,7 +619,6 @@ class RunConfig:
     def __post_init__(self) -> None:
         _check_types(self, "")
         _require(self.seed >= 0, "seed", self.seed, "an integer >= 0")
-        cohort = self.training.cohort_size
         if self.privacy.level is PrivacyLevel.CLIENT:
             _require(
                 self.secure.enabled,
@@ -500,6 +626,11 @@ class RunConfig:
                 "client",
                 "client-level DP adds its noise before masking: keep secure.enabled = true",
             )
+        self._check_algorithm()
+        if self.schedule.mode is ScheduleMode.ASYNC:
+            self._check_async()
+            return
+        cohort = self.training.cohort_size
         floor = self.policy.min_clients
         if self.secure.enabled and cohort < floor:
             raise ConfigError(
@@ -516,6 +647,88 @@ class RunConfig:
                 self.secure.threshold,
                 f"at most the cohort size {cohort} (training.clients x training.fraction)",
             )
+
+    def _check_algorithm(self) -> None:
+        algorithm = self.algorithm
+        if algorithm.name is not AlgorithmName.FEDPROX:
+            return
+        _require(
+            self.privacy.level is not PrivacyLevel.SAMPLE,
+            "algorithm.name",
+            algorithm.name.value,
+            "fedavg with sample-level DP: DP-SGD runs in Opacus' optimiser, which has no "
+            "proximal term (use client- or central-level DP with FedProx)",
+        )
+        _require(
+            algorithm.stragglers == 0 or self.training.local_epochs >= 2,
+            "algorithm.stragglers",
+            algorithm.stragglers,
+            "0 with training.local_epochs = 1: a FedProx straggler runs fewer epochs than the "
+            "others, drawn from 1 to local_epochs - 1 (set training.local_epochs >= 2)",
+        )
+
+    def _check_async(self) -> None:
+        """Buffered asynchronous aggregation: a session per ``buffer`` arrivals."""
+        buffer, concurrency = self.async_buffer, self.async_concurrency
+        clients = self.training.clients
+        _require(
+            concurrency <= clients,
+            "schedule.concurrency",
+            concurrency,
+            f"at most training.clients = {clients} (each client trains one task at a time)",
+        )
+        _require(
+            buffer <= concurrency,
+            "schedule.buffer",
+            buffer,
+            f"at most schedule.concurrency = {concurrency}: a buffer fills with the arrivals of "
+            "the clients training at once",
+        )
+        floor = self.policy.min_clients
+        _require(
+            not self.secure.enabled or buffer >= floor,
+            "schedule.buffer",
+            buffer,
+            f"at least {floor}: every buffer is one secure-aggregation session of its K clients, "
+            f"and the clients' policy refuses sessions below policy.min_clients = {floor}; raise "
+            "--buffer, or lower policy.min_clients (weaker protection)",
+        )
+        _require(
+            not self.secure.enabled
+            or self.secure.threshold is None
+            or self.secure.threshold <= buffer,
+            "secure.threshold",
+            self.secure.threshold,
+            f"at most the buffer size {buffer} (one session per buffer)",
+        )
+        _require(
+            self.privacy.level is PrivacyLevel.NONE,
+            "schedule.mode",
+            self.schedule.mode.value,
+            "sync with differential privacy: the accounting composes sampled rounds, and "
+            "asynchronous buffers are not sampled rounds (drop --dp, or use --mode sync)",
+        )
+        _require(
+            self.algorithm.stragglers == 0,
+            "algorithm.stragglers",
+            self.algorithm.stragglers,
+            "0 in async mode: slow clients are not cut off there, they arrive later (their "
+            "speeds come from schedule.speed_sigma)",
+        )
+
+    @property
+    def async_buffer(self) -> int:
+        """K: arrivals per server update in async mode (default: the cohort size)."""
+        buffer = self.schedule.buffer
+        return buffer if buffer is not None else self.training.cohort_size
+
+    @property
+    def async_concurrency(self) -> int:
+        """C: clients training at once in async mode (default: twice the buffer, at most all)."""
+        concurrency = self.schedule.concurrency
+        if concurrency is not None:
+            return concurrency
+        return min(self.training.clients, 2 * self.async_buffer)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:

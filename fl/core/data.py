@@ -1,9 +1,12 @@
 """Data sets and their partition among clients.
 
 Sources: scikit-learn's handwritten digits (1,797 8x8 images that ship with the package: no
-download), a seeded synthetic Gaussian mixture of any size, arrays ``x``/``y`` from a local
-``.npz`` file, or the caller's own arrays, tensors or ``torch.utils.data.Dataset``. The test split
-is held out before partitioning, so no client ever trains on test examples.
+download), a seeded synthetic Gaussian mixture of any size, Synthetic(alpha, beta) of the
+FedProx paper (:mod:`fl.core.synthetic`: each client's data generated for it, any number of
+clients), arrays ``x``/``y`` from a local ``.npz`` file, or the caller's own arrays, tensors or
+``torch.utils.data.Dataset``. The test split is held out before partitioning (for
+Synthetic(alpha, beta), from each client's own examples, as in the paper), so no client ever
+trains on test examples.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ __all__ = [
     "partition_dirichlet",
     "partition_iid",
     "synthetic_arrays",
+    "synthetic_federation",
 ]
 
 _MIN_EXAMPLES_PER_CLIENT = 2
@@ -78,6 +82,38 @@ def synthetic_arrays(
     y = generator.integers(0, classes, size=samples)
     x = centres[y] + generator.normal(size=(samples, features))
     return x.astype(np.float32), y.astype(np.int64)
+
+
+def synthetic_federation(config: DataConfig, *, clients: int, seed: int) -> FederatedData:
+    """Synthetic(alpha, beta) for ``clients`` clients: each client's examples are generated for
+    it (:func:`fl.core.synthetic.synthetic_client`), and ``config.test_fraction`` of each
+    client's examples, shuffled, are held out; the test set is all clients' held-out examples
+    (Li et al. 2020 hold out 10% of every device's data)."""
+    from fl.core.synthetic import CLASSES, synthetic_client
+
+    train_x, train_y, test_x, test_y, shards = [], [], [], [], []
+    offset = 0
+    for client in range(1, clients + 1):
+        x, y = synthetic_client(
+            client, alpha=config.synthetic_alpha, beta=config.synthetic_beta, seed=seed
+        )
+        order = np.random.default_rng([seed, 0xDA7A, client]).permutation(len(y))
+        held_out = max(1, round(config.test_fraction * len(y)))
+        test, train = order[:held_out], order[held_out:]
+        train_x.append(x[train])
+        train_y.append(y[train])
+        test_x.append(x[test])
+        test_y.append(y[test])
+        shards.append(np.arange(offset, offset + len(train), dtype=np.int64))
+        offset += len(train)
+    return FederatedData(
+        train_x=np.concatenate(train_x),
+        train_y=np.concatenate(train_y),
+        test_x=np.concatenate(test_x),
+        test_y=np.concatenate(test_y),
+        client_indices=tuple(shards),
+        num_classes=CLASSES,
+    )
 
 
 def _validated(x: Any, y: Any, source: str) -> tuple[np.ndarray, np.ndarray]:
@@ -182,6 +218,8 @@ def build_federated_data(
 ) -> FederatedData:
     """Load the configured data (or take ``arrays``: an ``(x, y)`` pair of arrays or tensors, or a
     ``torch.utils.data.Dataset``), hold out the test set, and partition the rest among clients."""
+    if arrays is None and config.dataset is Dataset.FEDPROX_SYNTHETIC:
+        return synthetic_federation(config, clients=clients, seed=seed)
     if arrays is not None:
         x, y = arrays_from_dataset(arrays)
     elif config.dataset is Dataset.DIGITS:

@@ -8,7 +8,7 @@ from torch import nn
 from fl.core.config import ModelConfig, ModelName
 from fl.errors import ConfigError
 
-__all__ = ["CNN", "MLP", "build_model", "check_model_fits"]
+__all__ = ["CNN", "MLP", "Logistic", "build_model", "check_model_fits"]
 
 
 class MLP(nn.Module):
@@ -19,6 +19,18 @@ class MLP(nn.Module):
         self.layers = nn.Sequential(
             nn.Flatten(), nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, classes)
         )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class Logistic(nn.Module):
+    """Multinomial logistic regression: features -> classes, one linear layer (the model Li et
+    al. 2020 train on Synthetic(alpha, beta))."""
+
+    def __init__(self, features: int, classes: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(nn.Flatten(), nn.Linear(features, classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
@@ -48,6 +60,8 @@ def build_model(config: ModelConfig, *, features: int, classes: int) -> nn.Modul
     """The configured reference model for ``features`` inputs and ``classes`` outputs."""
     if config.name is ModelName.MLP:
         return MLP(features, classes, config.hidden)
+    if config.name is ModelName.LOGISTIC:
+        return Logistic(features, classes)
     return CNN(classes, channels=max(4, config.hidden // 4))
 
 

@@ -51,6 +51,8 @@ __all__ = [
     "plan_client_level",
     "plan_sample_level",
     "release_counts",
+    "require_client_delta",
+    "secure_session",
     "spent_summary",
 ]
 
@@ -137,7 +139,7 @@ def _session(cohort: int, threshold: int | None, neighbours: int | None) -> seca
     )
 
 
-def _secure_session(config: RunConfig, cohort: int) -> secagg.SecAggConfig:
+def secure_session(config: RunConfig, cohort: int) -> secagg.SecAggConfig:
     """The secure-aggregation parameters a round with ``cohort`` clients runs with."""
     return _session(cohort, config.secure.threshold, config.secure.neighbours)
 
@@ -334,7 +336,7 @@ def client_encoder(
     """
     privacy = config.privacy
     policy = policy or config.policy.client_policy()
-    session = _secure_session(config, cohort)
+    session = secure_session(config, cohort)
     corrupt = policy.corrupt_neighbours(session)
     honest = policy.honest_floor(session)
     if honest < 1:
@@ -420,6 +422,18 @@ def client_level_claim(
     return worst
 
 
+def require_client_delta(config: RunConfig) -> None:
+    """At client level a neighbouring data set differs in one client: delta must be below
+    1 / clients, or the guarantee allows releasing one client's update outright.
+
+    Raises:
+        ConfigError: it is not.
+    """
+    delta, clients = config.privacy.delta, config.training.clients
+    if delta >= 1 / clients:
+        raise ConfigError("privacy.delta", delta, f"below 1 / training.clients = {1 / clients:g}")
+
+
 def plan_client_level(
     config: RunConfig,
     dimension: int,
@@ -437,10 +451,7 @@ def plan_client_level(
         ConfigError: delta not below 1 / clients, or an unreachable target.
     """
     privacy, training = config.privacy, config.training
-    if privacy.delta >= 1 / training.clients:
-        raise ConfigError(
-            "privacy.delta", privacy.delta, f"below 1 / training.clients = {1 / training.clients:g}"
-        )
+    require_client_delta(config)
     rate = training.cohort_size / training.clients
     sizes = cohort_sizes(config)
     if privacy.noise_multiplier is not None:

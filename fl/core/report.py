@@ -78,6 +78,12 @@ class RoundMetrics:
             unchanged and no privacy was spent.
         epsilon: privacy spent so far (the worst client at sample level), if DP is on.
         non_finite: the clients whose update held NaN or infinite values and was left out.
+        stragglers: the round's stragglers (dropped under FedAvg, partial work under FedProx;
+            the dropped ones are counted in ``dropped`` as well).
+        simulated_time: the simulated clock at the end of the round, in seconds
+            (:mod:`fl.core.speeds`); None in runs recorded before it existed.
+        staleness: asynchronous mode: the mean staleness (versions behind) of the buffer's
+            updates.
     """
 
     round: int
@@ -92,6 +98,9 @@ class RoundMetrics:
     failed: bool = False
     epsilon: float | None = None
     non_finite: tuple[int, ...] = ()
+    stragglers: int = 0
+    simulated_time: float | None = None
+    staleness: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-safe values (non-finite numbers as None)."""

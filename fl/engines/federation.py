@@ -18,7 +18,8 @@ and a resumed run continues from what was recorded.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,8 +27,10 @@ import torch
 from torch import nn
 
 import secagg
-from dp.distributed import DistributedNoiseEncoder
-from dp.ledger import ClientLevelEntry, PrivacyLedger, PrivacyLevel, SampleLevelEntry
+from dp.distributed import DistributedNoiseEncoder, Mechanism
+from dp.ledger import CentralEntry, ClientLevelEntry, PrivacyLedger, PrivacyLevel, SampleLevelEntry
+from dp.removable import RemovableNoise
+from fl.algorithms.base import Algorithm, LocalWork, draw_stragglers, make_algorithm
 from fl.algorithms.fedavg import FedAvgServer, sample_cohort
 from fl.core.aggregation import (
     AggregateOutcome,
@@ -35,16 +38,19 @@ from fl.core.aggregation import (
     ProtocolRunner,
     contributes_in_the_clear,
     finite_updates,
+    noise_ladder,
     plain_weighted_mean,
     secure_noisy_mean,
     secure_weighted_mean,
 )
+from fl.core.central import CentralPlan, central_noisy_mean
 from fl.core.config import RunConfig
 from fl.core.data import FederatedData
-from fl.core.privacy import ClientLevelPlan, SampleLevelPlan, client_encoder
+from fl.core.privacy import ClientLevelPlan, SampleLevelPlan, client_encoder, secure_session
 from fl.core.report import RoundMetrics
+from fl.core.speeds import task_seconds
 from fl.engines.base import Engine
-from fl.engines.local import ClientTask, LocalTrainer, TrainedClient, stream_seed
+from fl.engines.local import GLOBAL_START, ClientTask, LocalTrainer, TrainedClient, stream_seed
 from fl.engines.pool import PooledProtocol, WorkerPool, train_cohort
 from secagg.randomness import DeterministicRandom, RandomSource, system_random
 
@@ -58,6 +64,10 @@ __all__ = [
     "poisson_cohort",
     "stream_seed",
 ]
+
+_STRAGGLERS = 0x57A6  # the seed stream of each round's stragglers and their partial work
+
+Entry = SampleLevelEntry | ClientLevelEntry | CentralEntry
 
 
 @dataclass(frozen=True)
@@ -129,12 +139,17 @@ class TrainedCohort:
         dropouts: the injected dropouts of the clients in ``updates``.
         non_finite: the clients whose update was not finite (left out).
         seconds: the training time, summed over clients.
+        stragglers: the round's stragglers (dropped by FedAvg, partial work under FedProx).
+        simulated_seconds: how long the round took on the simulated clock (its slowest
+            client that trained).
     """
 
     updates: dict[int, ClientUpdate]
     dropouts: dict[int, secagg.Phase]
     non_finite: tuple[int, ...]
     seconds: float
+    stragglers: tuple[int, ...] = ()
+    simulated_seconds: float = 0.0
 
 
 @dataclass
@@ -149,11 +164,19 @@ class Federation(Engine[TrainedCohort]):
     ledger: PrivacyLedger | None = None
     sample_plan: SampleLevelPlan | None = None
     client_plan: ClientLevelPlan | None = None
+    central_plan: CentralPlan | None = None
+    algorithm: Algorithm | None = None
+    clock: float = 0.0
     pool: WorkerPool | None = None
     progress: Callable[[RoundProgress], None] | None = None
-    _pending: list[SampleLevelEntry | ClientLevelEntry] = field(default_factory=list)
+    _pending: list[Entry] = field(default_factory=list)
     _drawn: tuple[int, list[int]] | None = None
     _dropouts: dict[int, secagg.Phase] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.algorithm is None:
+            self.algorithm = make_algorithm(self.config.algorithm)
+        self._warn_without_exact_noise()
 
     @property
     def level(self) -> PrivacyLevel:
@@ -167,7 +190,13 @@ class Federation(Engine[TrainedCohort]):
     @property
     def trainer(self) -> LocalTrainer:
         """What every client needs to train (shipped to each worker of a pool)."""
-        return LocalTrainer(self.config, self.working, self.device, self.sample_plan)
+        return LocalTrainer(
+            self.config,
+            self.working,
+            self.device,
+            self.sample_plan,
+            proximal_mu=self.algorithm.proximal_mu,
+        )
 
     @property
     def _runner(self) -> ProtocolRunner | None:
@@ -182,13 +211,17 @@ class Federation(Engine[TrainedCohort]):
         the round runs, so a budget check and the round see the same cohort.
 
         Client level: Poisson sampling at the plan's rate from :mod:`secrets`, among the clients
-        that have not reached the plan's participation cap. Otherwise: a uniform sample of the
-        cohort size from the run's seed.
+        that have not reached the plan's participation cap. Central level: Poisson sampling at
+        the plan's rate. Otherwise: a uniform sample of the cohort size from the run's seed.
         """
         if self._drawn is not None and self._drawn[0] == round_index:
             return self._drawn[1]
         training = self.config.training
-        if self.level is PrivacyLevel.CLIENT:  # Poisson sampling, which the accounting assumes
+        if self.level is PrivacyLevel.CENTRAL:  # secret Poisson sampling: amplification
+            cohort = poisson_cohort(
+                list(range(1, training.clients + 1)), self.central_plan.sampling_rate
+            )
+        elif self.level is PrivacyLevel.CLIENT:  # Poisson sampling, which the accounting assumes
             eligible = list(range(1, training.clients + 1))
             cap = self.client_plan.max_participations
             if cap is not None and self.ledger is not None:
@@ -202,6 +235,38 @@ class Federation(Engine[TrainedCohort]):
         self._drawn = (round_index, cohort)
         return cohort
 
+    def _warn_without_exact_noise(self) -> None:
+        privacy, secure = self.config.privacy, self.config.secure
+        if self.level is PrivacyLevel.CLIENT and privacy.exact_noise and not self.exact_noise:
+            why = (
+                "secure.identities = true"
+                if not secure.identities
+                else "privacy.mechanism = 'skellam'"
+            )
+            warnings.warn(
+                f"exact noise under dropouts needs {why}: each client adds the worst case's "
+                "share V / (t - c), so a round whose n clients all survive carries n / (t - c) "
+                "times the variance its privacy needs (set privacy.exact_noise = false to "
+                "silence this)",
+                stacklevel=2,
+            )
+
+    @property
+    def exact_noise(self) -> bool:
+        """Whether clients remove the noise their certified survivors make unnecessary."""
+        privacy = self.config.privacy
+        return (
+            self.level is PrivacyLevel.CLIENT
+            and privacy.exact_noise
+            and self.config.secure.identities
+            and privacy.mechanism is Mechanism.SKELLAM
+        )
+
+    def _ladder(self, encoder: DistributedNoiseEncoder, cohort: int) -> RemovableNoise | None:
+        if not self.exact_noise:
+            return None
+        return noise_ladder(encoder, secure_session(self.config, cohort), self.policy)
+
     def _client_encoder(self, cohort: int) -> DistributedNoiseEncoder:
         return client_encoder(
             self.config,
@@ -211,7 +276,7 @@ class Federation(Engine[TrainedCohort]):
             policy=self.policy,
         )
 
-    def prospective(self, round_index: int) -> tuple[SampleLevelEntry | ClientLevelEntry, ...]:
+    def prospective(self, round_index: int) -> tuple[Entry, ...]:
         """What round ``round_index`` would add to the ledger if its actual cohort took part
         in full (the cohort is drawn now and kept for the round)."""
         cohort = self.cohort(round_index)
@@ -220,12 +285,16 @@ class Federation(Engine[TrainedCohort]):
         if self.level is PrivacyLevel.SAMPLE:
             clip = self.config.privacy.clip
             return tuple(self.sample_plan.entry(round_index, c, clip) for c in cohort)
+        if self.level is PrivacyLevel.CENTRAL:
+            return (self.central_plan.entry(round_index, tuple(cohort)),)
         if self.level is PrivacyLevel.CLIENT:
+            encoder = self._client_encoder(len(cohort))
             return (
-                self._client_encoder(len(cohort)).ledger_entry(
+                encoder.ledger_entry(
                     round_index=round_index + 1,
                     client_sampling_rate=self.client_plan.sampling_rate,
                     participants=tuple(cohort),
+                    ladder=self._ladder(encoder, len(cohort)),
                 ),
             )
         return ()
@@ -252,11 +321,39 @@ class Federation(Engine[TrainedCohort]):
     def dimension(self) -> int:
         return int(self.server.global_vector.numel())
 
-    def _train_all(self, round_index: int, cohort: Sequence[int]) -> dict[int, TrainedClient]:
-        """Every client of ``cohort`` trains from the global model: in the pool when there is
-        one, else here, client after client; progress is reported per client."""
-        tasks = [ClientTask(u, *self.data.client_arrays(u)) for u in cohort]
-        global_vector = self.server.global_vector
+    def _tasks(
+        self, round_index: int, work: Mapping[int, LocalWork], *, stream: int | None = None
+    ) -> list[ClientTask]:
+        """The training tasks of the clients in ``work`` (in its order), from the global model."""
+        return [
+            ClientTask(u, *self.data.client_arrays(u), work=w, stream=stream)
+            for u, w in work.items()
+        ]
+
+    def _train_all(
+        self,
+        round_index: int,
+        tasks: Sequence[ClientTask],
+        starts: Mapping[int, torch.Tensor] | None = None,
+    ) -> dict[int, TrainedClient]:
+        """Every task's client does its local work from its start vector (``starts[task.start]``;
+        default: the global model): in the pool when there is one, else here, client after
+        client; progress is reported per client.
+
+        Raises:
+            ValueError: sample-level DP with partial work or another start than the global
+                model (the configuration refuses both before round 1).
+        """
+        starts = {GLOBAL_START: self.server.global_vector} if starts is None else starts
+        if self.level is PrivacyLevel.SAMPLE:
+            epochs = self.config.training.local_epochs
+            if any(t.work.partial or t.work.epochs != epochs for t in tasks) or any(
+                t.start != GLOBAL_START for t in tasks
+            ):
+                raise ValueError(
+                    "sample-level DP trains every client for training.local_epochs from the "
+                    "current model (the privacy plan's steps)"
+                )
         done = 0
 
         def trained_one(_client: int) -> None:
@@ -266,12 +363,10 @@ class Federation(Engine[TrainedCohort]):
 
         self._report(round_index, None, 0, len(tasks))
         if self.pool is not None:
-            return train_cohort(
-                self.pool, round_index, global_vector, tasks, on_trained=trained_one
-            )
+            return train_cohort(self.pool, round_index, starts, tasks, on_trained=trained_one)
         trainer, results = self.trainer, {}
         for task in tasks:
-            results[task.client] = trainer.train(round_index, task, global_vector)
+            results[task.client] = trainer.train(round_index, task, starts[task.start])
             trained_one(task.client)
         return results
 
@@ -289,6 +384,8 @@ class Federation(Engine[TrainedCohort]):
     ) -> AggregateOutcome:
         config, secure = self.config, self.config.secure
         if not secure.enabled:
+            if self.level is PrivacyLevel.CENTRAL:
+                return self._central(updates, dropouts, round_index, None)
             return plain_weighted_mean(updates, dropouts=dropouts)
         protocol = dict(
             threshold=secure.threshold,
@@ -300,6 +397,8 @@ class Federation(Engine[TrainedCohort]):
             progress=self._protocol_progress(round_index),
             runner=self._runner,
         )
+        if self.level is PrivacyLevel.CENTRAL:
+            return self._central(updates, dropouts, round_index, protocol)
         if self.level is PrivacyLevel.CLIENT:
             encoder = self._client_encoder(len(updates))
             rotation_seed = DeterministicRandom(
@@ -312,6 +411,7 @@ class Federation(Engine[TrainedCohort]):
                 noise_random=NoiseStreams(
                     config.seed, round_index, config.privacy.reproducible_noise
                 ),
+                exact_noise=self.exact_noise,
                 **protocol,
             )
             self._pending.append(
@@ -319,6 +419,8 @@ class Federation(Engine[TrainedCohort]):
                     round_index=round_index + 1,
                     client_sampling_rate=self.client_plan.sampling_rate,
                     participants=tuple(outcome.contributors),
+                    variance_left=outcome.noise_variance_left,
+                    ladder=outcome.noise_ladder,
                 )
             )
             return outcome
@@ -330,6 +432,56 @@ class Federation(Engine[TrainedCohort]):
             ring_bits=secure.ring_bits,
             rounding_random=RoundingStreams(config.seed, round_index),
             **protocol,
+        )
+
+    def _central(
+        self,
+        updates: dict[int, ClientUpdate],
+        dropouts: dict,
+        round_index: int,
+        protocol: dict | None,
+    ) -> AggregateOutcome:
+        """Central DP: client-side clipping, the server's noise on the unmasked sum."""
+        config = self.config
+        outcome = central_noisy_mean(
+            updates,
+            plan=self.central_plan,
+            clip=config.privacy.clip,
+            secure=protocol is not None,
+            rounding_random=RoundingStreams(config.seed, round_index),
+            noise_random=NoiseStreams(config.seed, round_index, config.privacy.reproducible_noise)(
+                0
+            ),
+            **(protocol or {"dropouts": dropouts}),
+        )
+        self._pending.append(
+            self.central_plan.entry(round_index, tuple(sorted(outcome.contributors)))
+        )
+        return outcome
+
+    def plan_work(self, round_index: int, cohort: Sequence[int]) -> dict[int, LocalWork]:
+        """The algorithm's local work for each client; the round's stragglers (a fraction of the
+        cohort, drawn from the seed) are dropped (FedAvg) or do partial work (FedProx)."""
+        generator = np.random.default_rng([self.config.seed, round_index, _STRAGGLERS])
+        stragglers = draw_stragglers(cohort, self.config.algorithm.stragglers, generator)
+        return self.algorithm.plan_work(
+            cohort,
+            epochs=self.config.training.local_epochs,
+            stragglers=stragglers,
+            generator=generator,
+        )
+
+    def task_seconds(self, client: int, epochs: int) -> float:
+        """Simulated seconds ``client`` takes for ``epochs`` epochs (:mod:`fl.core.speeds`)."""
+        schedule = self.config.schedule
+        return task_seconds(
+            client,
+            examples=len(self.data.client_indices[client - 1]),
+            epochs=epochs,
+            batch_size=self.config.training.batch_size,
+            seed=self.config.seed,
+            sigma=schedule.speed_sigma,
+            median=schedule.step_seconds,
         )
 
     # -- the engine's four steps (fl.engines.base.Engine) ----------------------------------------
@@ -356,16 +508,23 @@ class Federation(Engine[TrainedCohort]):
         return self._runnable(list(cohort))
 
     def train(self, round_index: int, cohort: Sequence[int]) -> TrainedCohort:
-        """Local training of every sampled client; non-finite updates are left out."""
-        trained = self._train_all(round_index, cohort)
-        updates = {u: trained[u].update for u in cohort}
-        seconds = sum(trained[u].seconds for u in cohort)
+        """Local training of every client the algorithm keeps, for the work it plans; non-finite
+        updates are left out. The round lasts, on the simulated clock, as long as its slowest
+        client that trained."""
+        work = self.plan_work(round_index, cohort)
+        work = {u: work[u] for u in cohort if u in work}
+        trained = self._train_all(round_index, self._tasks(round_index, work))
+        updates = {u: trained[u].update for u in work}
+        seconds = sum(trained[u].seconds for u in work)
+        slowest = max((self.task_seconds(u, w.epochs) for u, w in work.items()), default=0.0)
+        self.clock += slowest
         if self.level is PrivacyLevel.SAMPLE:
             clip = self.config.privacy.clip
-            self._pending.extend(self.sample_plan.entry(round_index, u, clip) for u in cohort)
+            self._pending.extend(self.sample_plan.entry(round_index, u, clip) for u in work)
+        stragglers = tuple(u for u in cohort if u not in work or work[u].partial)
         updates, non_finite = finite_updates(updates)
         dropouts = {u: phase for u, phase in self._dropouts.items() if u in updates}
-        return TrainedCohort(updates, dropouts, non_finite, seconds)
+        return TrainedCohort(updates, dropouts, non_finite, seconds, stragglers, slowest)
 
     def secure_sum(self, round_index: int, trained: TrainedCohort) -> AggregateOutcome:
         if len(trained.updates) < self._needed:
@@ -389,13 +548,18 @@ class Federation(Engine[TrainedCohort]):
             vanished = sum(
                 not contributes_in_the_clear(phase) for phase in trained.dropouts.values()
             )
+            cut_off = [u for u in trained.stragglers if u not in trained.updates]
+            cut_off = [u for u in cut_off if u not in trained.non_finite]
             return self._failed(
                 round_index,
                 cohort,
                 trained.seconds,
-                dropped=len(trained.non_finite) + (vanished if reached_the_protocol else 0),
+                dropped=len(trained.non_finite)
+                + len(cut_off)
+                + (vanished if reached_the_protocol else 0),
                 traffic=self._traffic(record.failure) if reached_the_protocol else (0, 0),
                 non_finite=trained.non_finite,
+                stragglers=len(trained.stragglers),
             )
         return self._metrics(
             round_index,
@@ -404,6 +568,7 @@ class Federation(Engine[TrainedCohort]):
             record.outcome,
             epsilon=self._charge(),
             non_finite=trained.non_finite,
+            stragglers=len(trained.stragglers),
         )
 
     def _traffic(self, failure: Exception | None) -> tuple[int | None, int | None]:
@@ -418,6 +583,8 @@ class Federation(Engine[TrainedCohort]):
         for entry in self._pending:
             if isinstance(entry, SampleLevelEntry):
                 self.ledger.record_sample(entry)
+            elif isinstance(entry, CentralEntry):
+                self.ledger.record_central(entry)
             else:
                 self.ledger.record_client(entry)
         self._pending = []
@@ -432,6 +599,7 @@ class Federation(Engine[TrainedCohort]):
         dropped: int,
         traffic: tuple[int | None, int | None],
         non_finite: tuple[int, ...] = (),
+        stragglers: int = 0,
     ) -> RoundMetrics:
         """Nothing was released: the model is unchanged and no privacy is spent. ``dropped``
         counts the clients that really dropped out; ``traffic`` is (bytes up, bytes down), None
@@ -452,6 +620,8 @@ class Federation(Engine[TrainedCohort]):
             failed=True,
             epsilon=epsilon,
             non_finite=non_finite,
+            stragglers=stragglers,
+            simulated_time=round(self.clock, 6),
         )
 
     def _metrics(
@@ -463,6 +633,7 @@ class Federation(Engine[TrainedCohort]):
         *,
         epsilon: float | None,
         non_finite: tuple[int, ...],
+        stragglers: int = 0,
     ) -> RoundMetrics:
         """Evaluate the global model and describe a round whose mean was applied."""
         accuracy, loss = self.server.evaluate(self.data.test_x, self.data.test_y)
@@ -478,4 +649,6 @@ class Federation(Engine[TrainedCohort]):
             train_seconds=train_seconds,
             epsilon=epsilon,
             non_finite=non_finite,
+            stragglers=stragglers,
+            simulated_time=round(self.clock, 6),
         )

@@ -28,8 +28,9 @@ from dp.errors import DPError
 from dp.ledger import PrivacyLedger, PrivacyLevel
 from fl.algorithms.fedavg import FedAvgServer
 from fl.core.budget import check_extension, epsilon_spent, projected_epsilon
+from fl.core.central import plan_central
 from fl.core.checkpoint import Checkpoint, save_checkpoint
-from fl.core.config import Device, RunConfig
+from fl.core.config import Device, RunConfig, ScheduleMode
 from fl.core.data import build_federated_data
 from fl.core.models import build_model, check_model_fits
 from fl.core.privacy import plan_client_level, plan_sample_level, spent_summary
@@ -50,7 +51,7 @@ from fl.core.run_folder import (
 )
 from fl.engines.federation import Federation, RoundProgress
 from fl.engines.pool import WorkerPool, worker_count
-from fl.errors import CheckpointError, ConfigError, NonFiniteUpdateWarning
+from fl.errors import CheckpointError, ConfigError, FLError, NonFiniteUpdateWarning
 from secagg.encoding import FixedPointEncoder
 
 __all__ = [
@@ -157,6 +158,19 @@ def _preflight(config: RunConfig, dimension: int) -> None:
         ) from None
 
 
+def _check_weights(config: RunConfig, data: Any) -> None:
+    """Refuse, before round 1, a client whose example count (its FedAvg weight) is above
+    ``secure.max_weight``: the encoder would refuse it mid-run (it never clips a weight)."""
+    largest = max(len(indices) for indices in data.client_indices)
+    if largest > config.secure.max_weight:
+        raise ConfigError(
+            "secure.max_weight",
+            config.secure.max_weight,
+            f"at least {largest}: a client holds {largest} examples, and its weight in the "
+            "secure sum is its example count (raise secure.max_weight)",
+        )
+
+
 def _over_budget(federation: Federation, round_index: int) -> bool:
     """Whether the next round, with every client taking part, could pass ``max_epsilon``."""
     budget = federation.config.privacy.max_epsilon
@@ -240,10 +254,16 @@ def run_federation(
         >>> result = run_federation(config, resume=True)  # doctest: +SKIP
     """
     started = time.perf_counter()
-    used = worker_count(workers, config.training.cohort_size)  # validates workers
+    # the clients of one secure sum: a round's cohort, or (async) one buffer's session
+    per_round = (
+        config.async_buffer
+        if config.schedule.mode is ScheduleMode.ASYNC
+        else config.training.cohort_size
+    )
+    used = worker_count(workers, per_round)  # validates workers
     reason = None
     if used < workers:
-        reason = f"{config.training.cohort_size} clients per round is too few to share further"
+        reason = f"{per_round} clients per round is too few to share further"
     if config.out is None:
         config = dataclasses.replace(config, out=str(new_run_folder()))
     out = Path(config.out)
@@ -271,9 +291,22 @@ def run_federation(
     server = FedAvgServer(
         model, server_learning_rate=config.training.server_learning_rate, device=device
     )
-    if config.secure.enabled and config.privacy.level is not PrivacyLevel.CLIENT:
+    if config.secure.enabled and config.privacy.level in (PrivacyLevel.NONE, PrivacyLevel.SAMPLE):
         _preflight(config, server.global_vector.numel())
-    federation = Federation(
+    if config.secure.enabled and config.privacy.level is PrivacyLevel.NONE:
+        _check_weights(config, data)
+    if config.schedule.mode is ScheduleMode.ASYNC:
+        from fl.engines.asynchronous import AsyncFederation
+
+        if existing is not None:
+            raise FLError(
+                f"{out} holds an asynchronous run: clients in flight are not checkpointed, so it "
+                "cannot be resumed; start a new run (another --out)"
+            )
+        engine: type[Federation] = AsyncFederation
+    else:
+        engine = Federation
+    federation = engine(
         config=config, server=server, working=copy.deepcopy(model), data=data, device=device
     )
     privacy = config.privacy
@@ -296,6 +329,7 @@ def run_federation(
         start, wall_before = existing.completed_rounds, existing.wall_seconds
         history = list(existing.history)
         _restore(federation, existing, out)
+        federation.clock = (history[-1].simulated_time or 0.0) if history else 0.0
     # planned after the restore: the sample-level plan reuses the noisy counts in the ledger
     if privacy.level is PrivacyLevel.SAMPLE:
         federation.sample_plan = plan_sample_level(
@@ -303,6 +337,10 @@ def run_federation(
         )
     elif privacy.level is PrivacyLevel.CLIENT:
         federation.client_plan = plan_client_level(
+            plan_config, server.global_vector.numel(), progress=on_calibration
+        )
+    elif privacy.level is PrivacyLevel.CENTRAL:
+        federation.central_plan = plan_central(
             plan_config, server.global_vector.numel(), progress=on_calibration
         )
     projected = None
@@ -415,8 +453,13 @@ def run_federation(
         summary["privacy_level"] = privacy.level.value
         summary["accountant"] = privacy.accountant.value
     write_summary(out, summary)
-    mode = "secure aggregation" if config.secure.enabled else "plaintext FedAvg"
-    plot = plot_training(out, history, title=f"{config.training.clients} clients, {mode}")
+    mode = "secure aggregation" if config.secure.enabled else "in the clear"
+    algorithm = config.algorithm.name.value
+    if config.schedule.mode is ScheduleMode.ASYNC:
+        algorithm += f", async buffer {config.async_buffer}"
+    plot = plot_training(
+        out, history, title=f"{config.training.clients} clients, {algorithm}, {mode}"
+    )
     files = ["config.toml", "metrics.jsonl", "summary.json"]
     files += ["training.png"] if plot is not None else []
     files += ["privacy.json"] if federation.ledger is not None and history else []
@@ -489,6 +532,9 @@ def _summary(
         "non_finite_updates": sum(len(m.non_finite) for m in history),
         "clients": config.training.clients,
         "cohort_size": config.training.cohort_size,
+        "algorithm": config.algorithm.name.value,
+        "mode": config.schedule.mode.value,
+        "simulated_seconds": final.simulated_time if final else None,
         "secure_aggregation": config.secure.enabled,
         "parameters": int(server.global_vector.numel()),
         "device": str(device),

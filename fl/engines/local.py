@@ -25,13 +25,25 @@ import torch
 from torch import nn
 
 from dp.ledger import PrivacyLevel
+from fl.algorithms.base import LocalWork
 from fl.core.aggregation import ClientUpdate
 from fl.core.config import RunConfig
 from fl.core.params import load_vector
 from fl.core.privacy import SampleLevelPlan
 from fl.core.training import train_locally
 
-__all__ = ["ClientTask", "LocalTrainer", "TrainedClient", "one_thread", "stream_seed"]
+__all__ = [
+    "GLOBAL_START",
+    "ClientTask",
+    "LocalTrainer",
+    "TrainedClient",
+    "one_thread",
+    "stream_seed",
+]
+
+GLOBAL_START = 0
+"""The key of the round's global model among a training step's start vectors (synchronous
+rounds have only this one; asynchronous sessions key each model version they trained from)."""
 
 
 def stream_seed(*key: int) -> int:
@@ -54,11 +66,25 @@ def one_thread() -> Iterator[None]:
 
 @dataclass(frozen=True, eq=False)
 class ClientTask:
-    """One client's part of a round's training: its id and its examples."""
+    """One client's part of a round's training.
+
+    Attributes:
+        client: its id.
+        x, y: its examples.
+        work: its local work (epochs; a straggler's partial work); None: the run's
+            ``training.local_epochs``.
+        stream: the index that seeds its minibatch order with ``(config.seed, stream, client)``;
+            None: the round's index (asynchronous sessions use the client's launch number).
+        start: the key of the vector it trains from among the step's start vectors
+            (:data:`GLOBAL_START`: the round's global model).
+    """
 
     client: int
     x: np.ndarray
     y: np.ndarray
+    work: LocalWork | None = None
+    stream: int | None = None
+    start: int = GLOBAL_START
 
     @property
     def examples(self) -> int:
@@ -85,23 +111,29 @@ class LocalTrainer:
         device: where to train.
         sample_plan: the sample-level DP plan (noise, sampling rates, noisy counts), when the
             run has sample-level DP.
+        proximal_mu: FedProx's proximal weight mu of the local objective (Li et al., MLSys
+            2020, eq. 2), None for plain local training.
     """
 
     config: RunConfig
     model: nn.Module
     device: torch.device
     sample_plan: SampleLevelPlan | None = None
+    proximal_mu: float | None = None
 
     def train(
         self, round_index: int, task: ClientTask, global_vector: torch.Tensor
     ) -> TrainedClient:
-        """One client's local update from ``global_vector`` in round ``round_index``.
+        """One client's local update from ``global_vector`` (its start: the round's global
+        model, or the version an asynchronous client pulled) in round ``round_index``.
 
-        The minibatch order derives from ``(config.seed, round, client)``; at sample level the
-        DP-SGD noise and batches come from :func:`os.urandom` unless the run asks for
-        reproducible noise.
+        The minibatch order derives from ``(config.seed, task.stream or round, client)``; the
+        work is ``task.work`` with the proximal term (to ``global_vector``) when
+        ``proximal_mu`` is set. At sample level the DP-SGD noise and batches come from
+        :func:`os.urandom` unless the run asks for reproducible noise.
         """
-        seed = stream_seed(self.config.seed, round_index, task.client)
+        stream = round_index if task.stream is None else task.stream
+        seed = stream_seed(self.config.seed, stream, task.client)
         with one_thread():
             if self.config.privacy.level is not PrivacyLevel.SAMPLE:
                 local = train_locally(
@@ -112,6 +144,8 @@ class LocalTrainer:
                     training=self.config.training,
                     device=self.device,
                     generator=torch.Generator().manual_seed(seed),
+                    epochs=None if task.work is None else task.work.epochs,
+                    proximal_mu=self.proximal_mu,
                 )
                 return TrainedClient(task.client, local.update, local.seconds)
             return self._train_privately(task, global_vector, seed)

@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_CHUNK_BYTES",
     "DEFAULT_GROUP",
     "SEED_BYTES",
+    "KeystreamReader",
     "MaskTerm",
     "accumulate",
     "keystream",
@@ -60,12 +61,32 @@ def keystream(seed: bytes, length: int, *, counter_block: bytes = _ZERO_COUNTER)
     return _encryptor(seed, counter_block).update(bytes(length))
 
 
+class KeystreamReader:
+    """The AES-256-CTR keystream of one seed, read front to back in pieces of any length.
+
+    Example:
+        >>> reader = KeystreamReader(bytes(32))
+        >>> reader(5) + reader(11) == keystream(bytes(32), 16)
+        True
+    """
+
+    def __init__(self, seed: bytes) -> None:
+        self._encryptor = _encryptor(seed)
+
+    def __call__(self, length: int) -> bytes:
+        """The next ``length`` bytes of the stream."""
+        if length < 0:
+            raise ValueError(f"length must be >= 0, got {length}")
+        return self._encryptor.update(bytes(length))
+
+
 def accumulate(
     out: np.ndarray,
     terms: Sequence[MaskTerm],
     *,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     group: int = DEFAULT_GROUP,
+    offset: int = 0,
 ) -> None:
     """Add (or subtract) the keystream of every term into ``out``, modulo the word size.
 
@@ -78,10 +99,14 @@ def accumulate(
         terms: the masks to apply; each seed's stream starts at counter zero.
         chunk_bytes: bytes of the output processed at a time (a multiple of 16).
         group: keystreams summed per reduction.
+        offset: the word of the keystream that ``out[0]`` receives (``out`` is the slice
+            ``[offset, offset + out.size)`` of a longer vector); ``offset`` words must fill
+            whole 16-byte AES blocks.
 
     Raises:
         TypeError: ``out`` is not a writeable, contiguous uint32/uint64 vector.
-        ValueError: ``chunk_bytes`` is not a positive multiple of 16, or ``group`` < 1.
+        ValueError: ``chunk_bytes`` is not a positive multiple of 16, ``group`` < 1, or
+            ``offset`` is negative or not on a block boundary.
     """
     if not isinstance(out, np.ndarray) or out.dtype not in (np.uint32, np.uint64):
         raise TypeError("out must be a numpy uint32 or uint64 array")
@@ -91,9 +116,15 @@ def accumulate(
         raise ValueError(f"chunk_bytes must be a positive multiple of 16, got {chunk_bytes}")
     if group < 1:
         raise ValueError(f"group must be >= 1, got {group}")
+    word = np.dtype(out.dtype).newbyteorder("<")
+    if isinstance(offset, bool) or offset < 0 or (offset * word.itemsize) % _BLOCK_BYTES:
+        raise ValueError(
+            f"offset must be a non-negative number of words filling whole 16-byte blocks, "
+            f"got {offset}"
+        )
     if not terms or out.size == 0:
         return
-    word = np.dtype(out.dtype).newbyteorder("<")
+    counter = ((offset * word.itemsize) // _BLOCK_BYTES).to_bytes(_BLOCK_BYTES, "big")
     chunk_words = chunk_bytes // word.itemsize
     group = min(group, len(terms))
     zeros = memoryview(bytes(chunk_bytes))
@@ -102,7 +133,7 @@ def accumulate(
     total = np.empty(chunk_words, dtype=out.dtype)
     batches = []
     for subtract in (False, True):
-        encryptors = [_encryptor(t.seed) for t in terms if bool(t.subtract) == subtract]
+        encryptors = [_encryptor(t.seed, counter) for t in terms if bool(t.subtract) == subtract]
         batches += [(encryptors[i : i + group], subtract) for i in range(0, len(encryptors), group)]
     views = [memoryview(scratch)[row * chunk_bytes :] for row in range(group)]
     for start in range(0, out.size, chunk_words):

@@ -3,7 +3,7 @@
 import pytest
 
 from fl.core.config import ModelName, RunConfig, load_config, parse_toml
-from fl.errors import ConfigError
+from fl.errors import ConfigError, ConfigFileError
 
 
 def test_defaults_are_the_documented_federation():
@@ -127,3 +127,27 @@ def test_privacy_values_without_a_privacy_level_are_refused(key):
     all: it is now an error naming the key and the missing level."""
     with pytest.raises(ConfigError, match=rf"privacy\.{key} = 2\.0 is invalid: it needs a privacy"):
         RunConfig().with_overrides({f"privacy.{key}": 2.0})
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConfigError("privacy.epsilon", 0.5, "a target no noise level can reach", source="a.toml"),
+        ConfigFileError("missing.toml", "no such file"),
+    ],
+    ids=["config", "config-file"],
+)
+def test_configuration_errors_cross_process_boundaries_intact(error):
+    """A sweep's worker process raises a ConfigError for its point; the parent receives it by
+    pickle and must report the same typed error, message and key (not a broken process pool)."""
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is type(error)
+    assert str(copy) == str(error)
+    assert (copy.key, copy.value, copy.allowed, copy.source) == (
+        error.key,
+        error.value,
+        error.allowed,
+        error.source,
+    )

@@ -24,7 +24,7 @@ from fl.core.aggregation import ClientUpdate, secure_noisy_mean, secure_weighted
 from fl.core.config import RunConfig
 from fl.engines import inprocess
 from fl.engines.federation import NoiseStreams, RoundingStreams
-from fl.engines.local import ClientTask, LocalTrainer
+from fl.engines.local import GLOBAL_START, ClientTask, LocalTrainer
 from fl.engines.pool import PooledProtocol, WorkerPool, balance, processes, train_cohort
 from fl.engines.pool.processes import worker_count
 from fl.errors import ConfigError, WorkerError
@@ -94,7 +94,7 @@ def test_pooled_training_is_bit_identical_to_one_process(pool):
     start = torch.cat([p.detach().flatten() for p in model.parameters()])
     sequential = _trainer(model)
     expected = {t.client: sequential.train(2, t, start).update for t in tasks}
-    pooled = train_cohort(pool, 2, start, tasks)
+    pooled = train_cohort(pool, 2, {GLOBAL_START: start}, tasks)
     assert sorted(pooled) == sorted(expected)
     for u, update in expected.items():
         assert np.array_equal(pooled[u].update.vector, update.vector), u
@@ -150,12 +150,12 @@ def test_a_client_error_in_a_worker_names_round_and_client(pool):
     """A client whose training raises in a worker surfaces as a WorkerError naming the round,
     the client and the original exception; the worker stays usable for the next round."""
     with pytest.raises(WorkerError, match=r"round 3, client 5: ArithmeticError") as caught:
-        train_cohort(pool, 2, torch.zeros(15), _tasks(marked=5))
+        train_cohort(pool, 2, {GLOBAL_START: torch.zeros(15)}, _tasks(marked=5))
     assert (caught.value.round_index, caught.value.client) == (2, 5)
     assert caught.value.remote_type == "builtins.ArithmeticError"
     assert "the marked example" in caught.value.remote_traceback
     assert pool.healthy
-    assert len(train_cohort(pool, 3, torch.zeros(15), _tasks())) == 6
+    assert len(train_cohort(pool, 3, {GLOBAL_START: torch.zeros(15)}, _tasks())) == 6
 
 
 def test_a_worker_that_dies_is_named_and_no_process_is_left(tmp_path):
@@ -165,12 +165,12 @@ def test_a_worker_that_dies_is_named_and_no_process_is_left(tmp_path):
     with WorkerPool(2, trainer=_trainer(ExitOnMarker())) as pool:
         pids = pool.pids
         with pytest.raises(WorkerError, match=r"round 1, client 4: worker process \d") as caught:
-            train_cohort(pool, 0, torch.zeros(15), _tasks(marked=4))
+            train_cohort(pool, 0, {GLOBAL_START: torch.zeros(15)}, _tasks(marked=4))
         assert "exited with status 3" in str(caught.value)
         assert caught.value.client == 4 and caught.value.round_index == 0
         assert not pool.healthy
         with pytest.raises(WorkerError, match="stopped earlier"):
-            train_cohort(pool, 1, torch.zeros(15), _tasks())
+            train_cohort(pool, 1, {GLOBAL_START: torch.zeros(15)}, _tasks())
     assert all(_gone(pid) for pid in pids)
 
 

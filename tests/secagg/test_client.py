@@ -108,6 +108,19 @@ def test_consistency_request_that_omits_the_client_is_refused():
         r.clients[1].receive(r.from_server(request))
 
 
+def test_consistency_request_naming_a_neighbour_that_never_shared_keys_is_refused():
+    """U3 is a subset of U2 (Bonawitz et al. 2017, Fig. 4, ConsistencyCheck): a neighbour that
+    sent no shares cannot have sent a masked input, so a U3 naming it is a lie the client
+    refuses before it signs anything."""
+    r = Round(5, threshold=3, neighbours=4, identities=True)
+    requests = r.step(r.step(r.advertise(), skip={2}), skip={2})
+    honest = messages.decode(requests[1], max_bytes=1 << 20).payload
+    assert 2 not in honest.survivors
+    lie = messages.ConsistencyRequest((1, 2, 3, 4, 5))
+    with pytest.raises(InconsistentRequest, match=r"neighbours \[2\] that never shared keys"):
+        r.clients[1].receive(r.from_server(lie))
+
+
 def test_roster_with_a_stranger_or_sybil_is_refused():
     """Rosters may list only cohort members that are neighbours (no injected Sybils)."""
     r = Round(10, threshold=3, neighbours=4)
@@ -292,3 +305,105 @@ def test_state_of_another_session_is_refused():
         Client.from_state(b.config, a.clients[1].to_state())
     with pytest.raises(LocalProtocolError, match="unreadable"):
         Client.from_state(a.config, b"{}")
+
+
+def test_a_restored_client_keeps_the_policy_it_is_given():
+    """Client-side floors survive a restore (Flower rebuilds the client for every message):
+    a client whose policy allows no neighbour loss, restored between roster and bundle,
+    still refuses a bundle from k - 1 neighbours, which the default policy would accept."""
+    from secagg import Client, ClientPolicy
+
+    strict = dataclasses.replace(ClientPolicy.permissive(), max_neighbour_loss=0.0)
+    r = Round(5, threshold=3, neighbours=4, policy=strict)
+    bundles = r.step(r.advertise())
+    bundle = messages.decode(bundles[1], max_bytes=1 << 20).payload
+    short = messages.ShareBundle(bundle.ciphertexts[:-1])
+    assert ClientPolicy().min_live_neighbours(r.config) <= len(short.ciphertexts)
+    restored = Client.from_state(r.config, r.clients[1].to_state(), policy=strict)
+    restored.set_input(r.inputs[1])
+    with pytest.raises(ThresholdNotMet, match="policy needs 4"):
+        restored.receive(r.from_server(short))
+
+
+def test_a_client_restored_before_it_advertised_starts_the_round():
+    """State saved before advertise_keys (no keys yet) restores to a client that joins."""
+    from secagg import Client
+
+    r = Round(4, threshold=3, neighbours=3)
+    restored = Client.from_state(r.config, r.clients[2].to_state(), policy=r.policy)
+    assert restored.stage is ClientStage.NEW
+    r.server.receive(restored.advertise_keys())
+    assert 2 not in r.server.expected
+
+
+def test_a_restored_stopped_client_stays_stopped_with_its_reason():
+    """A client that stopped (sticky ERROR) stays stopped after a restore and still names the
+    reason in its local log."""
+    from secagg import Client
+
+    r = Round(5, threshold=3, neighbours=4)
+    honest = _unmask_request(r, 1, r.until_unmask())
+    lie = messages.UnmaskRequest(alive=honest.alive, dropped=tuple(sorted({*honest.dropped, 2})))
+    with pytest.raises(InconsistentRequest):
+        r.clients[1].receive(r.from_server(lie))
+    restored = Client.from_state(r.config, r.clients[1].to_state(), policy=r.policy)
+    assert restored.stage is ClientStage.ERROR
+    with pytest.raises(LocalProtocolError, match=r"stopped after: .*both the self-mask share"):
+        restored.receive(r.from_server(honest))
+
+
+def test_a_restored_client_draws_from_the_random_source_it_is_given():
+    """Randomness is injected (STYLE.md): two restores of one state with the same seeded source
+    send the same shares; with independent system randomness they would differ."""
+    from secagg import Client
+
+    r = Round(4, threshold=3, neighbours=3)
+    rosters = r.advertise()
+    state = r.clients[1].to_state()
+    replies = {
+        Client.from_state(
+            r.config, state, policy=r.policy, random_bytes=DeterministicRandom(7)
+        ).receive(rosters[1])
+        for _ in range(2)
+    }
+    assert len(replies) == 1
+
+
+def test_saving_a_restored_client_gives_back_the_same_state():
+    """Restore is lossless at every stage: saving a restored client gives the bytes it was
+    restored from, and a client that has not stopped records no error (a restored healthy
+    client must not carry a reason to stop into the next save)."""
+    import json
+
+    from secagg import Client
+
+    r = Round(4, threshold=3, neighbours=3)
+    states = [r.clients[1].to_state()]
+    outgoing = r.advertise()
+    while outgoing:
+        states.append(r.clients[1].to_state())
+        outgoing = r.step(outgoing)
+    states.append(r.clients[1].to_state())
+    for state in states:
+        assert json.loads(state)["error"] is None
+        restored = Client.from_state(r.config, state, policy=r.policy)
+        assert restored.to_state() == state
+
+
+def test_a_stopped_client_keeps_no_secret_in_its_state():
+    """SECURITY.md, "Errors, state and what leaves a client": a client that stops wipes its
+    private keys, the shares it holds, its pairwise seeds and its self-mask secret, so the
+    state it saves afterwards holds none of them."""
+    import json
+
+    r = Round(5, threshold=3, neighbours=4)
+    honest = _unmask_request(r, 1, r.until_unmask())
+    before = json.loads(r.clients[1].to_state())
+    assert before["mask_key"] and before["peer_shares"] and before["self_mask_secret"]
+    lie = messages.UnmaskRequest(alive=honest.alive, dropped=tuple(sorted({*honest.dropped, 2})))
+    with pytest.raises(InconsistentRequest):
+        r.clients[1].receive(r.from_server(lie))
+    state = json.loads(r.clients[1].to_state())
+    assert state["channel_key"] is None and state["mask_key"] is None
+    assert state["peer_shares"] == {} and state["pair_seeds"] == {}
+    assert state["channel_secrets"] == {} and state["self_mask_secret"] == ""

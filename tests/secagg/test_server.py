@@ -118,6 +118,22 @@ def test_masked_input_of_the_wrong_shape_is_refused():
         r.server.receive(r.from_client(messages.MaskedInput(8, bytes(8 * 6)), 1))
 
 
+@pytest.mark.parametrize("ring_bits", [16, 40])
+def test_masked_input_with_a_word_outside_a_narrow_ring_is_refused(ring_bits):
+    """On a ring narrower than its storage word (Z_2^16 in 32-bit words, Z_2^40 in 64-bit
+    words) every masked word must lie below 2^ring_bits: a word at 2^ring_bits is refused, the
+    largest ring element is accepted."""
+    r = Round(4, threshold=3, neighbours=3, ring_bits=ring_bits)
+    r.step(r.advertise())
+    dtype = r.config.word_dtype
+    top = np.zeros(r.config.vector_length, dtype=dtype)
+    top[2] = r.config.ring_mask + 1
+    with pytest.raises(MalformedMessage, match="outside the ring"):
+        r.server.receive(r.from_client(messages.MaskedInput.from_vector(top), 1))
+    top[2] = r.config.ring_mask
+    r.server.receive(r.from_client(messages.MaskedInput.from_vector(top), 1))
+
+
 def test_share_keys_must_address_exactly_the_roster():
     """Shares addressed to clients outside the sender's roster are refused."""
     r = Round(4, threshold=3, neighbours=3)
@@ -175,3 +191,50 @@ def test_unmask_response_must_answer_the_request():
     extra = messages.UnmaskResponse(honest.self_mask_shares, ((4, bytes(36)),))
     with pytest.raises(MalformedMessage):
         r.server.receive(r.from_client(extra, 1))
+
+
+def test_the_released_sum_is_read_only():
+    """The result cannot be edited in place after the round (a frozen result, like the
+    messages): a caller that wants to change it must copy it."""
+    r = Round(4, threshold=3, neighbours=3)
+    r.step(r.until_unmask())
+    total = r.server.result.total
+    assert not total.flags.writeable
+    with pytest.raises(ValueError):
+        total[0] = 1
+
+
+def test_on_a_sparse_graph_each_client_gets_only_the_signatures_that_certify_it():
+    """Server side of "one story per client": each unmask request carries signatures from
+    members of the closed neighbourhoods the recipient acts on (itself and the neighbours whose
+    shares it holds), about 2(t - 1) + 1 of them (SECURITY.md), and the round completes."""
+    from secagg import ClientPolicy
+    from secagg.graph import neighbourhoods
+
+    r = Round(24, neighbours=8, threshold=5, identities=True, policy=ClientPolicy.permissive())
+    requests = r.until_unmask()
+    graph, t = neighbourhoods(r.config), r.config.threshold
+    assert not r.config.complete_graph
+    for u, data in requests.items():
+        request = messages.decode(data, max_bytes=1 << 20).payload
+        watched = graph[u] | {u}
+        reach = set().union(*(graph[x] | {x} for x in watched))
+        signers = {v for v, _ in request.signatures}
+        assert signers <= reach - {u}
+        assert t - 1 <= len(signers) <= 2 * (t - 1) + 1
+    r.step(requests)
+    assert np.array_equal(r.server.result.total, r.expected_sum(r.config.client_ids))
+
+
+@pytest.mark.parametrize(("silent", "kept"), [(2, True), (3, False)])
+def test_a_client_left_with_fewer_than_t_minus_1_live_neighbours_gets_no_roster(silent, kept):
+    """Server-side viability (Server._viable): a client with fewer than t - 1 live neighbours
+    could never meet the threshold, so after key advertisement a client with t - 1 advertising
+    neighbours goes on, and one with t - 2 is dropped from the round and gets no roster."""
+    from secagg.graph import neighbourhoods
+
+    r = Round(8, threshold=3, neighbours=4)
+    assert not r.config.complete_graph and r.config.threshold == 3
+    silenced = sorted(neighbourhoods(r.config)[1])[:silent]
+    rosters = r.advertise(skip=silenced)
+    assert (1 in rosters) is kept

@@ -116,6 +116,7 @@ def _serve(conn: Connection, parent: int) -> None:
         "encode": shard.encode,
         "open_session": shard.open_session,
         "phase": shard.phase,
+        "remove_noise": shard.remove_noise,
         "close_session": shard.close_session,
     }
 

@@ -14,10 +14,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-import numpy as np
-
 import secagg
-from fl.core.aggregation import ClientUpdate
+from fl.core.aggregation import ClientUpdate, Encoding
 from fl.engines.pool.processes import WorkerPool
 from secagg.hazmat.prg import DEFAULT_CHUNK_BYTES
 from secagg.messages import SERVER_ID
@@ -58,7 +56,7 @@ class PooledProtocol:
     def __call__(
         self,
         updates: Mapping[int, ClientUpdate],
-        encoding: Callable[[int, ClientUpdate], np.ndarray],
+        encoding: Encoding,
         *,
         threshold: int | None = None,
         neighbours: int | None = None,
@@ -72,7 +70,10 @@ class PooledProtocol:
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     ) -> secagg.AggregationResult:
         """Encode each update with ``encoding`` in its worker and run the round (arguments as
-        for :func:`secagg.aggregate`; ``encoding`` must be picklable).
+        for :func:`secagg.aggregate`; ``encoding`` must be picklable). With exact noise
+        (``encoding.ladder`` set, identities on) each client keeps its ladder seeds in its
+        worker and answers the server's noise-removal request there, as
+        :func:`secagg.aggregate` has it answer with ``noise_removal``.
 
         Raises:
             secagg.ThresholdNotMet: too many dropouts for the threshold (with the bytes sent so
@@ -110,6 +111,7 @@ class PooledProtocol:
                 length=lengths[ids[0]] if ids else 0,
                 identities=public_keys or None,
                 drop_phase=drop_phase,
+                remove_noise=encoding.ladder is not None and identities,
                 policy=policy,
                 progress=progress,
                 chunk_bytes=chunk_bytes,
@@ -150,6 +152,7 @@ class PooledProtocol:
         length: int,
         identities: dict[int, bytes] | None,
         drop_phase: dict[int, secagg.Phase],
+        remove_noise: bool,
         policy: secagg.ClientPolicy | None,
         progress: secagg.ProgressCallback | None,
         chunk_bytes: int,
@@ -237,6 +240,26 @@ class PooledProtocol:
             phase_seconds[phase] = time.perf_counter() - started
             if progress:
                 progress(phase, total_steps, total_steps)
+        removals: dict[int, secagg.messages.NoiseRemovalResponse] = {}
+        if remove_noise:
+            requests = server.noise_removal_requests()
+            answers: dict[int, bytes] = {}
+            asked: list[dict[int, bytes]] = [{} for _ in shares]
+            for u, request in requests.items():
+                asked[owner[u]][u] = request
+            self.pool.call(
+                "remove_noise",
+                [(requests_of,) if requests_of else None for requests_of in asked],
+                clients=[sorted(requests_of) for requests_of in asked],
+                round_index=round_index,
+                on_item=answers.__setitem__,
+            )
+            for u, request in requests.items():  # in client order, as secagg.aggregate
+                reply = answers[u]
+                removals[u] = server.receive_noise_removal(reply)
+                for party, size in ((SERVER_ID, len(request)), (u, len(reply))):
+                    bytes_sent[party] += size
+                    bytes_received[u if party == SERVER_ID else SERVER_ID] += size
         stats = self._call("close_session", [()] * len(shares), shares, round_index)
         result = server.result
         return secagg.AggregationResult(
@@ -253,4 +276,5 @@ class PooledProtocol:
             phase_bytes_down=phase_bytes_down,
             mask_seconds=sum(s[0] for s in stats if s is not None),
             keystream_bytes=sum(s[1] for s in stats if s is not None),
+            noise_removal=removals,
         )

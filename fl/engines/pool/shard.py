@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 import secagg
-from fl.core.aggregation import ClientUpdate
+from dp.removable import NoiseSeeds, RemovableNoise
+from fl.core.aggregation import ClientUpdate, Encoding, revealer
 from fl.engines.local import ClientTask, LocalTrainer
 from secagg.hazmat.signing import SigningKey
 from secagg.randomness import system_random
@@ -40,6 +41,8 @@ class ClientShard:
         self._trainer: LocalTrainer | None = None
         self._round: int | None = None
         self._inputs: dict[int, np.ndarray] = {}
+        self._ladder: RemovableNoise | None = None
+        self._noise_seeds: dict[int, NoiseSeeds] = {}
         self._signing_keys: dict[int, SigningKey] = {}
         self._clients: dict[int, secagg.Client] = {}
 
@@ -59,17 +62,18 @@ class ClientShard:
         self,
         report: Report,
         round_index: int,
-        global_vector: np.ndarray,
+        starts: Mapping[int, np.ndarray],
         tasks: Sequence[ClientTask],
     ) -> None:
-        """Train each client of ``tasks`` in turn from ``global_vector`` (as numpy: it crosses
-        the pipe as bytes, not as shared memory); reports ``(vector, weight, seconds)``."""
+        """Train each client of ``tasks`` in turn from its start vector ``starts[task.start]``
+        (as numpy: it crosses the pipe as bytes, not as shared memory); reports ``(vector,
+        weight, seconds)``."""
         if self._trainer is None:
             raise RuntimeError("this worker has no trainer: the pool was started without one")
-        start = torch.from_numpy(global_vector)
+        vectors = {key: torch.from_numpy(vector) for key, vector in starts.items()}
         for task in tasks:
             self.current = (round_index, task.client)
-            trained = self._trainer.train(round_index, task, start)
+            trained = self._trainer.train(round_index, task, vectors[task.start])
             report(task.client, (trained.update.vector, trained.update.weight, trained.seconds))
         self.current = (round_index, None)
 
@@ -77,18 +81,23 @@ class ClientShard:
         self,
         report: Report,
         round_index: int,
-        encoding: Callable[[int, ClientUpdate], np.ndarray],
+        encoding: Encoding,
         updates: Mapping[int, ClientUpdate],
         identities: bool,
     ) -> None:
-        """Encode each client's update into ring words, kept here for its masked input, and
-        draw its signing key when the session has identities; reports
-        ``(input length, public key or None)``."""
+        """Encode each client's update into ring words, kept here for its masked input (with
+        exact noise, its secret ladder seeds too, until it answers noise removal), and draw its
+        signing key when the session has identities; reports ``(input length, public key or
+        None)``."""
         self.close_session(report)
         self._round = round_index
+        self._ladder = encoding.ladder
         for client, update in updates.items():
             self.current = (round_index, client)
-            self._inputs[client] = np.asarray(encoding(client, update))
+            encoded = encoding(client, update)
+            self._inputs[client] = np.asarray(encoded.words)
+            if encoded.seeds is not None:
+                self._noise_seeds[client] = encoded.seeds
             public = None
             if identities:
                 key = SigningKey.generate(system_random)
@@ -135,10 +144,25 @@ class ClientShard:
             report(client, (reply, time.perf_counter() - started))
         self.current = (self._round, None)
 
+    def remove_noise(self, report: Report, requests: Mapping[int, bytes]) -> None:
+        """Each client answers the server's noise-removal request from its own seeds
+        (:meth:`secagg.Client.answer_noise_removal`: it verifies the forwarded signatures
+        over U3 and reveals only what its certified honest floor allows); reports the answer's
+        bytes. A refused request raises, as in :func:`secagg.aggregate`."""
+        if self._ladder is None:
+            raise RuntimeError("noise removal without a ladder: the round drew no removable noise")
+        for client in sorted(requests):
+            self.current = (self._round, client)
+            reveal = revealer(self._ladder, self._noise_seeds[client])
+            reply = self._clients[client].answer_noise_removal(requests[client], reveal)
+            report(client, reply)
+        self.current = (self._round, None)
+
     def close_session(self, report: Report) -> tuple[float, int]:
-        """Forget the session's clients, keys and inputs; returns the clients' mask-expansion
-        seconds and keystream bytes, summed."""
+        """Forget the session's clients, keys, inputs and noise seeds; returns the clients'
+        mask-expansion seconds and keystream bytes, summed."""
         seconds = sum(c.stats.mask_seconds for c in self._clients.values())
         keystream = sum(c.stats.keystream_bytes for c in self._clients.values())
         self._clients, self._inputs, self._signing_keys = {}, {}, {}
+        self._ladder, self._noise_seeds = None, {}
         return seconds, keystream

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -32,21 +32,24 @@ def balance(tasks: Sequence[ClientTask], workers: int) -> list[list[ClientTask]]
 def train_cohort(
     pool: WorkerPool,
     round_index: int,
-    global_vector: torch.Tensor,
+    starts: Mapping[int, torch.Tensor],
     tasks: Sequence[ClientTask],
     *,
     on_trained: Callable[[int], None] | None = None,
 ) -> dict[int, TrainedClient]:
-    """Train every task's client in the pool, from ``global_vector``.
+    """Train every task's client in the pool, each from its start vector.
 
     Each client trains exactly as in the engine's own process (:class:`~fl.engines.local.
-    LocalTrainer`: same seed, same thread count), so the updates are the same bit for bit.
+    LocalTrainer`: same seed, same work, same proximal term, same thread count), so the updates
+    are the same bit for bit.
 
     Args:
         pool: the worker processes (started with the run's trainer).
         round_index: the round, 0-based.
-        global_vector: the global model.
-        tasks: the clients and their examples.
+        starts: the vectors the tasks train from, by key (``task.start``): the global model
+            (:data:`~fl.engines.local.GLOBAL_START`), or the versions asynchronous clients
+            pulled.
+        tasks: the clients, their examples and their work.
         on_trained: called with each client's id as its training finishes.
 
     Returns:
@@ -55,8 +58,12 @@ def train_cohort(
     Raises:
         WorkerError: a client's training raised, or a worker stopped; names the client.
     """
+    missing = sorted({task.start for task in tasks} - set(starts))
+    if missing:
+        raise ValueError(f"no start vector for the keys {missing}: pass every task's start")
     shares = balance(tasks, pool.size)
-    start = global_vector.detach().cpu().numpy()  # bytes on the pipe, not shared memory
+    # bytes on the pipe, not shared memory; each worker gets only the starts its share needs
+    vectors = {key: vector.detach().cpu().numpy() for key, vector in starts.items()}
     trained: dict[int, TrainedClient] = {}
 
     def collect(client: int, item: tuple) -> None:
@@ -67,7 +74,10 @@ def train_cohort(
 
     pool.call(
         "train",
-        [(round_index, start, share) if share else None for share in shares],
+        [
+            (round_index, {t.start: vectors[t.start] for t in share}, share) if share else None
+            for share in shares
+        ],
         clients=[[task.client for task in share] for share in shares],
         round_index=round_index,
         on_item=collect,

@@ -1,5 +1,6 @@
 """AES-CTR mask expansion: the NIST vector, exact modular sums, chunking, memory."""
 
+import itertools
 import os
 import tracemalloc
 
@@ -57,6 +58,23 @@ def test_add_then_subtract_cancels():
     seed = os.urandom(32)
     prg.accumulate(out, [prg.MaskTerm(seed), prg.MaskTerm(seed, subtract=True)])
     assert np.array_equal(out, start)
+
+
+@pytest.mark.parametrize("dtype", [np.uint32, np.uint64])
+def test_a_slice_at_an_offset_gets_that_part_of_the_keystream(dtype):
+    """accumulate(out[a:b], offset=a) adds exactly words a..b of every keystream: slices
+    unmasked one by one give the whole vector unmasked at once (chunk boundaries included)."""
+    terms = [prg.MaskTerm(os.urandom(32)), prg.MaskTerm(os.urandom(32), subtract=True)]
+    whole = np.arange(10_000, dtype=dtype)
+    pieces = whole.copy()
+    prg.accumulate(whole, terms, chunk_bytes=1024)
+    step = 16 // np.dtype(dtype).itemsize
+    bounds = [0, 4 * step, 100 * step, 2500 * step // 4 * 4, 10_000]
+    for start, stop in itertools.pairwise(bounds):
+        prg.accumulate(pieces[start:stop], terms, chunk_bytes=1024, offset=start)
+    assert np.array_equal(pieces, whole)
+    with pytest.raises(ValueError, match="16-byte blocks"):
+        prg.accumulate(pieces[1:], terms, offset=1)
 
 
 def test_memory_does_not_grow_with_the_number_of_seeds():

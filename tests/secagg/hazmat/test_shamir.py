@@ -107,3 +107,67 @@ def test_corrupted_shares_are_detected_or_rejected():
         shamir.split([bytes(32)], threshold=2, xs=[0, 1], random_bytes=os.urandom)
     with pytest.raises(ValueError):
         shamir.split([bytes(32)], threshold=3, xs=[1, 2], random_bytes=os.urandom)
+
+
+def _shift_limb(share: bytes, limb: int, delta: int) -> bytes:
+    """Add ``delta`` (mod p) to one limb of a share."""
+    values = np.frombuffer(share, dtype="<u4").astype(np.int64)
+    values[limb] = (values[limb] + delta) % shamir.PRIME
+    return values.astype("<u4").tobytes()
+
+
+@pytest.mark.parametrize("secret", [bytes(32), b"\xff" * 32, bytes(31) + b"\x80"])
+def test_secrets_at_the_edges_of_the_limb_range_reconstruct(secret):
+    """Every 32-byte value is a secret: all-zero, all-ones (each limb at its largest value,
+    2^30 - 1, and the top limb at 2^16 - 1) and the top bit alone split and reconstruct."""
+    xs = [1, 2, 3]
+    shares = shamir.split([secret], threshold=2, xs=xs, random_bytes=DeterministicRandom(5))
+    assert shamir.reconstruct({1: shares[0][0], 3: shares[2][0]}, threshold=2) == secret
+
+
+@pytest.mark.parametrize(("limb", "delta"), [(0, 1 << 30), (shamir.LIMBS - 1, 1 << 16)])
+def test_a_reconstruction_outside_the_secret_range_is_refused(limb, delta):
+    """With t shares any values interpolate (reconstruct_many's contract), so the result must be
+    checked: shares shifted so that one limb interpolates past its 30 bits (or the top limb past
+    its 16) are refused with ValueError, never turned into some other 32-byte value."""
+    xs = [1, 2]
+    shares = shamir.split([bytes(32)], threshold=2, xs=xs, random_bytes=DeterministicRandom(6))
+    shifted = [_shift_limb(shares[h][0], limb, delta) for h in range(2)]
+    with pytest.raises(ValueError, match="not a 32-byte secret"):
+        shamir.reconstruct_many(xs, [shifted])
+
+
+def test_shares_of_the_wrong_length_are_refused_even_when_their_total_fits():
+    """Each share must be exactly SHARE_BYTES long: one byte short and one byte long (which
+    together fill two shares' worth) are refused, naming the length."""
+    good = bytes(shamir.SHARE_BYTES)
+    with pytest.raises(ValueError, match=f"exactly {shamir.SHARE_BYTES} bytes"):
+        shamir.reconstruct_many([1, 2], [[good[:-1], good + b"\x00"]])
+
+
+def test_a_share_value_equal_to_the_prime_is_outside_the_field():
+    """Share values lie in GF(p) = [0, p - 1]: p itself is refused (it would otherwise be read
+    as 0), p - 1 is accepted."""
+    at_prime = np.full(shamir.LIMBS, shamir.PRIME, dtype="<u4").tobytes()
+    below = np.full(shamir.LIMBS, shamir.PRIME - 1, dtype="<u4").tobytes()
+    zero = bytes(shamir.SHARE_BYTES)
+    with pytest.raises(ValueError, match="outside the field"):
+        shamir.reconstruct_many([1, 2], [[at_prime, zero]])
+    with pytest.raises(ValueError, match="not a 32-byte secret"):
+        shamir.reconstruct_many([1, 2], [[below, zero]])
+
+
+def test_a_coefficient_word_equal_to_the_prime_is_drawn_again():
+    """Shamir 1979 needs uniform coefficients in GF(p): 31-bit words equal to p are rejected and
+    redrawn. A source whose first words are all p must not yield the coefficient p = 0 (which
+    would make every share equal the secret); the redrawn words are used instead."""
+    calls = []
+
+    def rigged(n: int) -> bytes:
+        calls.append(n)
+        return (b"\xff" if len(calls) == 1 else b"\x01") * n
+
+    shares = shamir.split([bytes(32)], threshold=2, xs=[1, 2], random_bytes=rigged)
+    assert len(calls) == 2
+    limbs = np.frombuffer(shares[0][0], dtype="<u4")
+    assert np.all(limbs == 0x01010101), "share at x = 1 of the zero secret is the coefficient"
