@@ -5,6 +5,7 @@ worker process left behind, whether the pool is closed, a worker dies, or the pa
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -146,6 +147,141 @@ def test_pooled_secure_aggregation_is_bit_identical_to_one_process(pool, mode):
     assert here.total_weight == pooled.total_weight
 
 
+def test_pooled_central_dp_round_is_bit_identical_to_one_process(pool):
+    """Central DP's secure sum (clients clip and encode with weight 1, the server adds the
+    noise once: fl.core.central) with the clients in the pool releases the in-process mean,
+    contributors and traffic bit for bit (seeded rounding and server noise), with dropouts."""
+    from fl.core.central import CentralPlan, central_noisy_mean, central_sensitivity
+    from secagg.randomness import DeterministicRandom
+
+    generator = np.random.default_rng(3)
+    updates = {
+        u: ClientUpdate(vector=generator.normal(0, 0.5, 40), weight=100 + u) for u in range(1, 11)
+    }
+    plan = CentralPlan(
+        sampling_rate=0.25,
+        noise_multiplier=0.5,
+        sensitivity=central_sensitivity(clip=1.0, precision_bits=16, dimension=40),
+        clients=40,
+        precision_bits=16,
+    )
+
+    def run(runner):
+        return central_noisy_mean(
+            updates,
+            plan=plan,
+            clip=1.0,
+            secure=True,
+            rounding_random=RoundingStreams(5, 1),
+            noise_random=DeterministicRandom(b"server noise"),
+            dropouts={4: secagg.Phase.MASKED_INPUT, 7: secagg.Phase.UNMASK},
+            round_index=1,
+            runner=runner,
+        )
+
+    here, pooled = run(None), run(PooledProtocol(pool))
+    assert np.array_equal(here.mean, pooled.mean)
+    assert here.contributors == pooled.contributors == frozenset(updates) - {4}
+    assert (here.bytes_up, here.bytes_down, here.total_weight) == (
+        pooled.bytes_up,
+        pooled.bytes_down,
+        pooled.total_weight,
+    )
+
+
+def _exact_noise_round(runner, dropouts):
+    """One client-level round with exact noise (Skellam, identities, complete graph of 12,
+    t = 7), reproducible noise so that two runs draw the same shares and ladder seeds."""
+    clients = 12
+    generator = np.random.default_rng(2)
+    updates = {
+        u: ClientUpdate(vector=generator.normal(0, 0.1, 24).astype(np.float32), weight=1)
+        for u in range(1, clients + 1)
+    }
+    encoder = DistributedNoiseEncoder(
+        Mechanism.SKELLAM,
+        24,
+        l2_clip=1.0,
+        noise_multiplier=1.0,
+        cohort=clients,
+        noise_shares=7,
+        threshold=7,
+        corrupt=0,
+    )
+    return secure_noisy_mean(
+        updates,
+        encoder=encoder,
+        rotation_seed=bytes(32),
+        threshold=7,
+        neighbours=clients - 1,
+        identities=True,
+        dropouts=dropouts,
+        round_index=3,
+        policy=secagg.ClientPolicy(corrupt_fraction=0.0, min_clients=5),
+        noise_random=NoiseStreams(11, 3, reproducible=True),
+        exact_noise=True,
+        runner=runner,
+    )
+
+
+@pytest.mark.parametrize(
+    "dropouts",
+    [{}, {2: secagg.Phase.MASKED_INPUT, 9: secagg.Phase.SHARE_KEYS}],
+    ids=["no-dropout", "two-dropouts"],
+)
+def test_pooled_exact_noise_is_bit_identical_to_one_process(pool, dropouts):
+    """Exact distributed noise (Dordis, EuroSys 2024) with the clients in the pool: each worker
+    keeps its clients' ladder seeds and answers the server's noise-removal request after the
+    consistency check; the released mean, the variance left, the contributors and the traffic
+    (noise-removal messages included) are those of the in-process round bit for bit. The noise
+    was really removed: the variance left is below the no-removal share of the survivors."""
+    here, pooled = (
+        _exact_noise_round(None, dropouts),
+        _exact_noise_round(PooledProtocol(pool), dropouts),
+    )
+    assert np.array_equal(here.mean, pooled.mean)
+    assert here.contributors == pooled.contributors == frozenset(range(1, 13)) - set(dropouts)
+    assert here.noise_variance_left == pooled.noise_variance_left
+    ladder = pooled.noise_ladder
+    assert pooled.noise_variance_left < 0.9 * len(pooled.contributors) * ladder.share_variance
+    assert (here.bytes_up, here.bytes_down) == (pooled.bytes_up, pooled.bytes_down)
+
+
+def test_noise_removal_in_the_pool_moves_only_the_revealed_seeds(pool, monkeypatch):
+    """A worker keeps its clients' ladder seeds (SECURITY.md: secrets never leave the process
+    that holds the client): of everything the workers send the parent in an exact-noise round,
+    each seed appears exactly when its client reveals it in its noise-removal answer. The scan
+    finds every revealed seed, so a kept seed that crossed would be found too; a client that
+    dropped out before answering reveals nothing."""
+    from dp.removable import NoiseSeeds
+
+    dropouts = {2: secagg.Phase.MASKED_INPUT, 4: secagg.Phase.SHARE_KEYS, 9: secagg.Phase.UNMASK}
+    crossed: list[bytes] = []
+    real_call = WorkerPool.call
+
+    def spy(self, command, args, *, on_item=None, **kwargs):
+        def record(client, item):
+            crossed.append(pickle.dumps(item))
+            if on_item is not None:
+                on_item(client, item)
+
+        return real_call(self, command, args, on_item=record, **kwargs)
+
+    monkeypatch.setattr(WorkerPool, "call", spy)
+    outcome = _exact_noise_round(PooledProtocol(pool), dropouts)
+    ladder = outcome.noise_ladder
+    streams = NoiseStreams(11, 3, reproducible=True)
+    seeds = {u: NoiseSeeds.generate(ladder, streams(u)).seeds for u in range(1, 13)}
+    # every survivor signed U3 (complete graph, c = 0): each answering client's floor is |U3|
+    answered = outcome.contributors - {9}  # 9 dropped before its unmask answer
+    revealed = {u: ladder.removal(len(outcome.contributors)) for u in answered}
+    assert all(0 < len(r) < ladder.size for r in revealed.values())  # some go, some stay
+    blob = b"".join(crossed)
+    for u, own in seeds.items():
+        for index, seed in enumerate(own):
+            assert (seed in blob) == (index in revealed.get(u, ())), (u, index)
+
+
 def test_a_client_error_in_a_worker_names_round_and_client(pool):
     """A client whose training raises in a worker surfaces as a WorkerError naming the round,
     the client and the original exception; the worker stays usable for the next round."""
@@ -238,15 +374,49 @@ def test_training_is_balanced_by_examples():
     assert max(loads) - min(loads) <= max(t.examples for t in tasks)
 
 
-def test_pooled_run_gives_the_same_model_as_one_process(tmp_path, monkeypatch):
-    """privagg run with --workers 2 and --workers 1, same seed, secure FedAvg with dropouts:
-    the same model bit for bit and the same per-round metrics."""
+_RUNS = {
+    "fedavg": {},
+    "fedavg-stragglers": {"algorithm.stragglers": 0.4},
+    "fedprox-stragglers": {
+        "algorithm.name": "fedprox",
+        "algorithm.mu": 0.5,
+        "algorithm.stragglers": 0.4,
+        "training.local_epochs": 3,
+    },
+    "async": {
+        "schedule.mode": "async",
+        "schedule.buffer": 6,
+        "schedule.concurrency": 9,
+        "training.rounds": 3,
+        "secure.dropout": 0.0,
+    },
+    "async-fedprox": {
+        "schedule.mode": "async",
+        "schedule.buffer": 6,
+        "schedule.concurrency": 9,
+        "training.rounds": 3,
+        "secure.dropout": 0.0,
+        "algorithm.name": "fedprox",
+        "algorithm.mu": 1.0,
+    },
+}
+
+
+@pytest.mark.parametrize("name", list(_RUNS))
+def test_pooled_run_gives_the_same_model_as_one_process(tmp_path, monkeypatch, name):
+    """privagg run with --workers 2 and --workers 1, same seed, secure aggregation with
+    dropouts: the same model bit for bit and the same per-round metrics, for FedAvg, FedAvg
+    dropping stragglers, FedProx (mu > 0, stragglers doing partial work: Li et al. 2020) and
+    the asynchronous FedBuff mode (clients training from the model version each pulled, the
+    simulated clock), with FedAvg and FedProx."""
     monkeypatch.setattr(processes, "MIN_CLIENTS_PER_WORKER", 1)  # share a small cohort
     settings = {
         "training.clients": 10,
         "training.per_round": 8,
         "training.rounds": 2,
+        "model.hidden": 16,
         "secure.dropout": 0.1,
+        **_RUNS[name],
     }
     runs = {}
     for workers in (1, 2):
@@ -255,9 +425,13 @@ def test_pooled_run_gives_the_same_model_as_one_process(tmp_path, monkeypatch):
     assert runs[2].summary["workers"] == 2 and runs[1].summary["workers"] == 1
     for a, b in zip(runs[1].model.parameters(), runs[2].model.parameters(), strict=True):
         assert torch.equal(a, b)
-    keys = ("accuracy", "dropped", "bytes_up", "bytes_down", "failed")
+    keys = ("accuracy", "dropped", "bytes_up", "bytes_down", "failed", "stragglers")
+    keys += ("simulated_time", "staleness")
+    assert len(runs[1].history) == len(runs[2].history) == settings["training.rounds"]
     for one, two in zip(runs[1].history, runs[2].history, strict=True):
         assert all(getattr(one, k) == getattr(two, k) for k in keys)
+    if "stragglers" in name:
+        assert all(m.stragglers > 0 for m in runs[2].history)
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "two", "1.5"])
