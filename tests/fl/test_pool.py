@@ -434,6 +434,42 @@ def test_pooled_run_gives_the_same_model_as_one_process(tmp_path, monkeypatch, n
         assert all(m.stragglers > 0 for m in runs[2].history)
 
 
+def test_pooled_client_level_run_with_exact_noise_matches_one_process(tmp_path, monkeypatch):
+    """privagg run --dp client with exact noise (identities, Skellam, reproducible noise) and
+    dropouts, in two workers and in one: the same model bit for bit and the same ledger, whose
+    entries record the variance left after the clients' noise removal. (The cohorts are fixed
+    here: a real run draws them from `secrets`, which no two runs share.)"""
+    from fl.engines import federation as federation_module
+
+    monkeypatch.setattr(processes, "MIN_CLIENTS_PER_WORKER", 1)
+    monkeypatch.setattr(
+        federation_module, "poisson_cohort", lambda clients, rate: [u for u in clients if u % 5]
+    )
+    settings = {
+        "training.clients": 40,
+        "training.per_round": 32,
+        "training.rounds": 2,
+        "model.hidden": 16,
+        "secure.identities": True,
+        "secure.dropout": 0.1,
+        "privacy.level": "client",
+        "privacy.noise_multiplier": 1.0,
+        "privacy.reproducible_noise": True,
+    }
+    runs, entries = {}, {}
+    for workers in (1, 2):
+        config = RunConfig().with_overrides({**settings, "out": str(tmp_path / f"w{workers}")})
+        runs[workers] = inprocess.run_federation(config, workers=workers)
+        privacy = json.loads((runs[workers].out / "privacy.json").read_text())
+        entries[workers] = privacy["client_entries"]
+    assert runs[2].summary["workers"] == 2
+    for a, b in zip(runs[1].model.parameters(), runs[2].model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert entries[1] == entries[2] and len(entries[2]) == 2
+    assert all(entry["variance_left"] is not None for entry in entries[2])
+    assert [m.dropped for m in runs[1].history] == [m.dropped for m in runs[2].history]
+
+
 @pytest.mark.parametrize("value", ["0", "-1", "two", "1.5"])
 def test_cli_refuses_a_bad_worker_count(value, tmp_path, capsys):
     """`privagg run --workers 0` (or a non-integer) stops at the parser with exit status 2,
