@@ -45,7 +45,7 @@ from fl.core.aggregation import (
 )
 from fl.core.central import CentralPlan, central_noisy_mean
 from fl.core.config import RunConfig
-from fl.core.data import FederatedData
+from fl.core.data import ClientData
 from fl.core.privacy import ClientLevelPlan, SampleLevelPlan, client_encoder, secure_session
 from fl.core.report import RoundMetrics
 from fl.core.speeds import task_seconds
@@ -159,7 +159,7 @@ class Federation(Engine[TrainedCohort]):
     config: RunConfig
     server: FedAvgServer
     working: nn.Module
-    data: FederatedData
+    data: ClientData
     device: torch.device
     ledger: PrivacyLedger | None = None
     sample_plan: SampleLevelPlan | None = None
@@ -476,7 +476,7 @@ class Federation(Engine[TrainedCohort]):
         schedule = self.config.schedule
         return task_seconds(
             client,
-            examples=len(self.data.client_indices[client - 1]),
+            examples=self.data.client_sizes[client - 1],
             epochs=epochs,
             batch_size=self.config.training.batch_size,
             seed=self.config.seed,

@@ -161,7 +161,7 @@ def _preflight(config: RunConfig, dimension: int) -> None:
 def _check_weights(config: RunConfig, data: Any) -> None:
     """Refuse, before round 1, a client whose example count (its FedAvg weight) is above
     ``secure.max_weight``: the encoder would refuse it mid-run (it never clips a weight)."""
-    largest = max(len(indices) for indices in data.client_indices)
+    largest = max(data.client_sizes)
     if largest > config.secure.max_weight:
         raise ConfigError(
             "secure.max_weight",
@@ -287,7 +287,7 @@ def run_federation(
             model = make_trainable(model)
         except DPError as error:
             raise ConfigError("model", type(model).__name__, str(error)) from None
-    check_model_fits(model, torch.as_tensor(data.train_x[:2]), data.num_classes)
+    check_model_fits(model, torch.as_tensor(data.client_arrays(1)[0][:2]), data.num_classes)
     server = FedAvgServer(
         model, server_learning_rate=config.training.server_learning_rate, device=device
     )
