@@ -14,7 +14,7 @@ average before and after (the machine may be shared: compare numbers taken at si
 
 Data: ``--data synthetic`` is the seeded Gaussian mixture (64 features, IID split, 8 training
 examples per client on average); ``--data synthetic:ALPHA,BETA`` is Synthetic(alpha, beta) of
-the FedProx paper where this installation has it (``data.synthetic_alpha``).
+the FedProx paper (power-law client sizes, each client's examples generated when it is sampled).
 """
 
 from __future__ import annotations
@@ -38,13 +38,9 @@ def _data_settings(data: str, clients: int) -> dict:
             "data.synthetic_samples": samples,
         }
     if data.startswith("synthetic:"):
-        from fl.core.config import DataConfig
-
-        if not hasattr(DataConfig, "synthetic_alpha"):
-            raise SystemExit(f"--data {data}: this installation has no Synthetic(alpha, beta)")
         alpha, beta = (float(v) for v in data.split(":", 1)[1].split(","))
         return {
-            "data.dataset": "synthetic",
+            "data.dataset": "fedprox-synthetic",
             "data.synthetic_alpha": alpha,
             "data.synthetic_beta": beta,
         }

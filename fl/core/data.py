@@ -200,26 +200,32 @@ def synthetic_clients(config: DataConfig, *, clients: int, seed: int) -> Synthet
     """Synthetic(alpha, beta) for ``clients`` clients with only the test set in memory: each
     client's examples are generated once here for its held-out part, and again whenever its
     training examples are asked for (the same examples as :func:`synthetic_federation`)."""
-    test_x, test_y, sizes = [], [], []
-    for client in range(1, clients + 1):
-        x, y, train, test = _synthetic_split(
+    from fl.core.synthetic import FEATURES, client_size
+
+    totals = [client_size(client, seed=seed) for client in range(1, clients + 1)]
+    held_out = [max(1, round(config.test_fraction * n)) for n in totals]
+    # filled in place: the test set is never held twice (a concatenation would)
+    test_x = np.empty((sum(held_out), FEATURES), dtype=np.float32)
+    test_y = np.empty(sum(held_out), dtype=np.int64)
+    offset = 0
+    for client, count in enumerate(held_out, start=1):
+        x, y, _, test = _synthetic_split(
             client,
             alpha=config.synthetic_alpha,
             beta=config.synthetic_beta,
             seed=seed,
             test_fraction=config.test_fraction,
         )
-        test_x.append(x[test])
-        test_y.append(y[test])
-        sizes.append(len(train))
+        test_x[offset : offset + count], test_y[offset : offset + count] = x[test], y[test]
+        offset += count
     return SyntheticClients(
         alpha=config.synthetic_alpha,
         beta=config.synthetic_beta,
         seed=seed,
         test_fraction=config.test_fraction,
-        test_x=np.concatenate(test_x),
-        test_y=np.concatenate(test_y),
-        client_sizes=tuple(sizes),
+        test_x=test_x,
+        test_y=test_y,
+        client_sizes=tuple(n - h for n, h in zip(totals, held_out, strict=True)),
     )
 
 
