@@ -38,8 +38,15 @@ def _data_settings(data: str, clients: int) -> dict:
             "data.synthetic_samples": samples,
         }
     if data.startswith("synthetic:"):
+        from fl.core.config import RunConfig
+        from fl.core.synthetic import client_size
+
         alpha, beta = (float(v) for v in data.split(":", 1)[1].split(","))
+        seed = RunConfig().seed
+        # FedAvg weighs a client by its example count, and the sizes follow a power law
+        largest = max(client_size(u, seed=seed) for u in range(1, clients + 1))
         return {
+            "secure.max_weight": largest,
             "data.dataset": "fedprox-synthetic",
             "data.synthetic_alpha": alpha,
             "data.synthetic_beta": beta,
