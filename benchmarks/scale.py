@@ -3,7 +3,7 @@ and in worker processes (fl.engines.pool).
 
     python -m benchmarks.scale [--clients 10000] [--per-round 1000] [--rounds 3] [--workers 1,2]
                                [--data synthetic] [--dp none|client] [--epsilon 4]
-                               [--noise-multiplier Z]
+                               [--noise-multiplier Z] [--dropout P] [--identities]
 
 Prints one JSON object per worker count: accuracy and epsilon per round, seconds per round (each round, and the mean over the
 rounds after the first, which also pays for the workers' first use), rounds per minute, the
@@ -65,6 +65,7 @@ def run(args: argparse.Namespace, workers: int) -> dict:
         "training.rounds": args.rounds,
         "training.local_epochs": 1,
         "secure.dropout": args.dropout,
+        "secure.identities": args.identities,
         "out": os.path.join(out, "run"),
         **_data_settings(args.data, args.clients),
     }
@@ -97,6 +98,11 @@ def run(args: argparse.Namespace, workers: int) -> dict:
             on_start=on_start,
             on_round=lambda _m: marks.append(time.perf_counter()),
         )
+        ledger = os.path.join(out, "run", "privacy.json")
+        entries = []
+        if os.path.exists(ledger):
+            with open(ledger) as file:
+                entries = json.load(file).get("client_entries", [])
     finally:
         shutil.rmtree(out, ignore_errors=True)
     ends = [first[0], *marks]
@@ -110,6 +116,7 @@ def run(args: argparse.Namespace, workers: int) -> dict:
         "per_round": args.per_round,
         "data": args.data,
         "dp": args.dp,
+        "identities": args.identities,
         "parameters": sum(p.numel() for p in result.model.parameters()),
         "setup_seconds": round(first[0] - started, 2),
         "round_seconds": [round(s, 2) for s in rounds],
@@ -120,6 +127,14 @@ def run(args: argparse.Namespace, workers: int) -> dict:
         "epsilon_against_observers": result.summary.get("epsilon_against_observers"),
         "sampled": [m.sampled for m in history],
         "failed_rounds": sum(m.failed for m in history),
+        "dropped": [m.dropped for m in history],
+        # client level: the noise variance left in each released sum over the target (exact
+        # noise: about 1; without removal: the survivors over t - c)
+        "variance_left_over_target": [
+            round(e["variance_left"] / e["variance"], 4)
+            for e in entries
+            if e.get("variance_left") is not None
+        ],
         "peak_rss_mib_self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
         "load_before": [round(v, 2) for v in load_before],
         "load_after": [round(v, 2) for v in os.getloadavg()],
@@ -134,6 +149,12 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     parser.add_argument("--data", default="synthetic")
     parser.add_argument("--dropout", type=float, default=0.0)
+    parser.add_argument(
+        "--identities",
+        action="store_true",
+        help="signed keys and the consistency check (client level: exact noise under dropouts, "
+        "each client answering the noise-removal request from its worker)",
+    )
     parser.add_argument("--dp", choices=["none", "client"], default="none")
     parser.add_argument("--epsilon", type=float, default=4.0)
     parser.add_argument("--delta", type=float, default=1e-6)
