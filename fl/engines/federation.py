@@ -321,14 +321,10 @@ class Federation(Engine[TrainedCohort]):
     def dimension(self) -> int:
         return int(self.server.global_vector.numel())
 
-    def _tasks(
-        self, round_index: int, work: Mapping[int, LocalWork], *, stream: int | None = None
-    ) -> list[ClientTask]:
-        """The training tasks of the clients in ``work`` (in its order), from the global model."""
-        return [
-            ClientTask(u, *self.data.client_arrays(u), work=w, stream=stream)
-            for u, w in work.items()
-        ]
+    def _tasks(self, work: Mapping[int, LocalWork]) -> list[ClientTask]:
+        """The training tasks of the clients in ``work`` (in its order), from the global model;
+        each client's examples are read (or generated) now, for this round only."""
+        return [ClientTask(u, *self.data.client_arrays(u), work=w) for u, w in work.items()]
 
     def _train_all(
         self,
@@ -513,7 +509,7 @@ class Federation(Engine[TrainedCohort]):
         client that trained."""
         work = self.plan_work(round_index, cohort)
         work = {u: work[u] for u in cohort if u in work}
-        trained = self._train_all(round_index, self._tasks(round_index, work))
+        trained = self._train_all(round_index, self._tasks(work))
         updates = {u: trained[u].update for u in work}
         seconds = sum(trained[u].seconds for u in work)
         slowest = max((self.task_seconds(u, w.epochs) for u, w in work.items()), default=0.0)
