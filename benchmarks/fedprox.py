@@ -66,7 +66,7 @@ def run_method(args: tuple[str, dict, int, float, int]) -> dict:
     from torch import nn
 
     from fl.core.config import RunConfig
-    from fl.core.data import build_federated_data
+    from fl.core.data import synthetic_federation
     from fl.core.models import build_model
     from fl.engines.inprocess import run_federation
 
@@ -76,7 +76,8 @@ def run_method(args: tuple[str, dict, int, float, int]) -> dict:
         config = RunConfig().with_overrides(
             {**paper_config(rounds, stragglers, seed, f"{folder}/run"), **overrides}
         )
-        data = build_federated_data(config.data, clients=config.training.clients, seed=seed)
+        # every client's training examples in memory: the training loss is taken over all
+        data = synthetic_federation(config.data, clients=config.training.clients, seed=seed)
         torch.manual_seed(seed)
         model = build_model(config.model, features=data.num_features, classes=data.num_classes)
         features, labels = torch.as_tensor(data.train_x), torch.as_tensor(data.train_y)

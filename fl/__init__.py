@@ -30,6 +30,7 @@ _EXPORTS = {
     "TrainingConfig": "fl.core.config",
     "load_config": "fl.core.config",
     "FederatedData": "fl.core.data",
+    "SyntheticClients": "fl.core.data",
     "build_federated_data": "fl.core.data",
     "DemoOutcome": "fl.cli.demo",
     "run_aggregation_demo": "fl.cli.demo",

@@ -16,6 +16,7 @@ __all__ = [
     "NonFiniteUpdateWarning",
     "OutputError",
     "UsageError",
+    "WorkerError",
 ]
 
 
@@ -100,6 +101,41 @@ class CheckpointError(FLError):
 
 class BudgetError(FLError):
     """A request that would spend more privacy budget than the run was calibrated for."""
+
+
+class WorkerError(FLError):
+    """A worker process of the engine failed at a client's work: the client's code raised, or
+    the process stopped (killed, out of memory). The round is not released; the pool stops.
+
+    Attributes:
+        round_index: the round, 0-based (None: not in a round, e.g. while starting).
+        client: the client whose work failed (None: not tied to one client).
+        worker: the worker's index in the pool.
+        remote_type: the qualified name of the exception the worker raised (None: it stopped).
+        remote_traceback: the worker's traceback, as text ("" when it stopped).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        round_index: int | None = None,
+        client: int | None = None,
+        worker: int | None = None,
+        remote_type: str | None = None,
+        remote_traceback: str = "",
+    ) -> None:
+        where = []
+        if round_index is not None:
+            where.append(f"round {round_index + 1}")
+        if client is not None:
+            where.append(f"client {client}")
+        super().__init__(f"{', '.join(where)}: {message}" if where else message)
+        self.round_index = round_index
+        self.client = client
+        self.worker = worker
+        self.remote_type = remote_type
+        self.remote_traceback = remote_traceback
 
 
 class InputError(FLError, ValueError):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 __all__ = [
     "ParameterChoice",
@@ -66,12 +67,20 @@ def _log_binomial_pmf(k: int, p: float, i: int) -> float:
     )
 
 
+@lru_cache(maxsize=4096)
+def _binomial_pmf(k: int, p: float) -> tuple[float, ...]:
+    """P[Binomial(k, p) = i] for i = 0..k (cached: a cohort's parameters ask for the same k and
+    p once per client and per candidate neighbourhood size)."""
+    return tuple(math.exp(_log_binomial_pmf(k, p, i)) for i in range(k + 1))
+
+
 def _binomial_tail(k: int, p: float, lo: int, hi: int) -> float:
     """P[lo <= Binomial(k, p) <= hi]."""
     lo, hi = max(lo, 0), min(hi, k)
-    return sum(math.exp(_log_binomial_pmf(k, p, i)) for i in range(lo, hi + 1))
+    return sum(_binomial_pmf(k, p)[lo : hi + 1]) if lo <= hi else 0
 
 
+@lru_cache(maxsize=65536)
 def corrupt_neighbours(
     n: int, neighbours: int, *, corrupt_fraction: float = 0.05, security_bits: int = 40
 ) -> int:

@@ -251,13 +251,18 @@ def round_row(metrics: RoundMetrics) -> str:
 @contextmanager
 def round_progress(
     output: Output, *, total: int
-) -> Iterator[tuple[Callable[[int], None], Callable[[RoundMetrics], None]]]:
-    """A progress bar over rounds that prints each round's row above it (text mode), or one
-    ``round`` event per round (JSON mode).
+) -> Iterator[
+    tuple[Callable[[int], None], Callable[[RoundMetrics], None], Callable[[Any], None] | None]
+]:
+    """A progress bar over rounds that prints each round's row above it, and a bar within the
+    round (clients trained, then each protocol phase) (text mode on a terminal); rows only off a
+    terminal, or one ``round`` event per round (JSON mode).
 
     Yields:
-        ``(started, on_round)``: call ``started(done)`` once the run starts (``done`` rounds
-        already completed), then ``on_round(metrics)`` after each round.
+        ``(started, on_round, on_progress)``: call ``started(done)`` once the run starts
+        (``done`` rounds already completed), ``on_round(metrics)`` after each round, and pass
+        ``on_progress`` (a :class:`fl.engines.federation.RoundProgress` callback, None when
+        nothing is shown) to the engine.
     """
     if not output.text or not output.console.is_terminal:
         # no live bar off a terminal: rows (text mode) or events (JSON mode) only
@@ -266,11 +271,18 @@ def round_progress(
             output.plain(round_row(metrics))
             output.event("round", **metrics.to_dict())
 
-        yield (lambda _done: None), report
+        yield (lambda _done: None), report, None
         return
-    columns = (TextColumn("rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description:<24}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=output.console, transient=True) as progress:
         task = progress.add_task("rounds", total=total, completed=0, visible=False)
+        within = progress.add_task("", total=1, completed=0, visible=False)
+        shown: list[tuple[int, Any]] = []  # the (round, phase) the inner bar shows
 
         def started(done: int) -> None:
             progress.update(task, completed=done, visible=True)
@@ -278,8 +290,18 @@ def round_progress(
         def update(metrics: RoundMetrics) -> None:
             progress.console.print(round_row(metrics), markup=False, highlight=False)
             progress.update(task, completed=metrics.round)
+            progress.update(within, visible=False)
 
-        yield started, update
+        def step(where: Any) -> None:
+            key = (where.round, where.phase)
+            if not shown or shown[-1] != key:
+                shown[:] = [key]
+                what = "training" if where.phase is None else where.phase.value
+                progress.reset(within, total=max(1, where.total), visible=True)
+                progress.update(within, description=f"round {where.round}: {what}")
+            progress.update(within, completed=where.done)
+
+        yield started, update, step
 
 
 def render_run_start(output: Output, start: Any) -> None:
@@ -310,6 +332,9 @@ def render_run_start(output: Output, start: Any) -> None:
             f"{privacy.accountant.value})"
         )
     output.print(text)
+    used = getattr(start, "workers", 1)
+    if used > 1:
+        output.print(f"clients' work in {used} worker processes")
     if start.completed_rounds:
         resumed = f"resuming {start.out} after round {start.completed_rounds}"
         if start.epsilon_spent is not None:
@@ -336,6 +361,7 @@ def render_run_start(output: Output, start: Any) -> None:
         epsilon_target=start.epsilon_target,
         calibrated_rounds=start.calibrated_rounds,
         epsilon_projected=start.epsilon_projected,
+        workers=used,
     )
     output.plain(round_header(with_epsilon=dp))
 

@@ -83,6 +83,15 @@ def _positive(text: str) -> int:
     return value
 
 
+def _cores() -> int:
+    """The cores this process may run on (as :func:`fl.engines.pool.available_cores`, which
+    the CLI does not import: it loads torch)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
+
+
 def _data_spec(text: str) -> dict[str, Any]:
     """``--data``: digits | synthetic | synthetic:ALPHA,BETA | npz:PATH, as configuration keys."""
     name, _, argument = text.partition(":")
@@ -242,6 +251,15 @@ def _add_run_parser(commands: argparse._SubParsersAction, output: argparse.Argum
         help=f"seed of data split, sampling, dropouts, training {_default('seed')}",
     )
     run.add_argument("--out", metavar="DIR", help="output folder (default: a new runs/run-<time>)")
+    run.add_argument(
+        "--workers",
+        type=_positive,
+        metavar="N",
+        help="processes for the clients' work: local training, encoding and noise, and the "
+        "clients' side of secure aggregation; 1 runs it all in this process, the model is the "
+        "same bit for bit either way; a cohort too small to share (under 32 clients per "
+        f"worker) uses fewer (default: the cores this process may use, {_cores()})",
+    )
     run.add_argument(
         "--resume",
         action="store_true",
@@ -455,9 +473,14 @@ def _run(args: argparse.Namespace, output: Output) -> int:
 
     config = _run_config(args)
     check_output(config, resume=args.resume)  # refuse a clash before any slow setup
-    with round_progress(output, total=config.training.rounds) as (started, on_round):
+    progress = round_progress(output, total=config.training.rounds)
+    with progress as (started, on_round, on_progress):
 
         def on_start(start: Any) -> None:
+            if args.workers is not None and start.workers < args.workers:
+                output.notice(
+                    f"--workers {args.workers}: using {start.workers} ({start.workers_reason})"
+                )
             render_run_start(output, start)
             started(start.completed_rounds)
 
@@ -467,6 +490,8 @@ def _run(args: argparse.Namespace, output: Output) -> int:
             allow_overspend=args.allow_overspend,
             on_start=on_start,
             on_round=on_round,
+            on_progress=on_progress,
+            workers=args.workers or _cores(),
         )
     if result.nothing_to_do is not None:
         output.notice(f"nothing to do in {result.out}: {result.nothing_to_do}")

@@ -20,12 +20,20 @@ from secagg.randomness import RandomSource, system_random
 __all__ = [
     "AggregateOutcome",
     "ClientUpdate",
+    "EncodedInput",
+    "Encoding",
+    "FixedPointEncoding",
+    "NoisyEncoding",
+    "ProtocolRunner",
     "contributes_in_the_clear",
     "finite_updates",
     "noise_ladder",
     "plain_weighted_mean",
+    "revealer",
+    "run_in_process",
     "secure_noisy_mean",
     "secure_weighted_mean",
+    "system_sources",
 ]
 
 
@@ -63,6 +71,118 @@ class AggregateOutcome:
     error_bound: float
     noise_variance_left: float | None = None
     noise_ladder: RemovableNoise | None = None
+
+
+def system_sources(_client: int) -> RandomSource:
+    """Every client's randomness from :func:`os.urandom` (the default)."""
+    return system_random
+
+
+@dataclass(frozen=True, eq=False)
+class EncodedInput:
+    """One client's encoded input: its ring words and, with exact noise, the secret seeds of
+    its removable noise (kept by whoever holds the client until it reveals some of them)."""
+
+    words: np.ndarray
+    seeds: NoiseSeeds | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class FixedPointEncoding:
+    """How each client turns its update into ring words for the weighted mean: clip, quantise
+    and pack ``[w, w*q]`` (:class:`~secagg.encoding.FixedPointEncoder`).
+
+    Picklable whenever ``random`` is (a module-level function or class instance, not a lambda),
+    so a worker process can encode its clients' updates.
+
+    Attributes:
+        encoder: the round's encoder.
+        random: ``client id -> random source`` for stochastic rounding.
+        weight: the weight every client encodes (central DP: 1); None: each update's own.
+    """
+
+    encoder: FixedPointEncoder
+    random: Callable[[int], RandomSource] = system_sources
+    weight: int | None = None
+
+    @property
+    def ladder(self) -> None:
+        """No removable noise: the weighted mean adds none."""
+        return None
+
+    def __call__(self, client: int, update: ClientUpdate) -> EncodedInput:
+        """Client ``client``'s ring vector."""
+        weight = update.weight if self.weight is None else self.weight
+        return EncodedInput(
+            self.encoder.encode(update.vector, weight=weight, random_bytes=self.random(client))
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class NoisyEncoding:
+    """How each client clips, rotates, rounds and noises its update for client-level DP
+    (:class:`~dp.distributed.DistributedNoiseEncoder`); picklable as :class:`FixedPointEncoding`.
+
+    Attributes:
+        encoder: the round's encoder.
+        rotation_seed: the round's public rotation seed.
+        random: ``client id -> random source`` for rounding and noise.
+        ladder: with exact noise, the removable split of each client's share (Dordis, EuroSys
+            2024; :mod:`dp.removable`): the client draws fresh secret seeds for its ladder.
+    """
+
+    encoder: DistributedNoiseEncoder
+    rotation_seed: bytes
+    random: Callable[[int], RandomSource] = system_sources
+    ladder: RemovableNoise | None = None
+
+    def __call__(self, client: int, update: ClientUpdate) -> EncodedInput:
+        """Client ``client``'s ring vector, its noise share included (and its ladder seeds)."""
+        seeds = noise = None
+        if self.ladder is not None:
+            seeds = NoiseSeeds.generate(self.ladder, self.random(client))
+            noise = seeds.noise(self.ladder, self.encoder.padded, self.random(client))
+        words = self.encoder.encode(
+            update.vector,
+            rotation_seed=self.rotation_seed,
+            random_bytes=self.random(client),
+            noise=noise,
+        )
+        return EncodedInput(words, seeds)
+
+
+Encoding = FixedPointEncoding | NoisyEncoding
+
+ProtocolRunner = Callable[..., secagg.AggregationResult]
+"""``runner(updates, encoding, **protocol) -> secagg.AggregationResult``: encode each client's
+update with ``encoding`` and run one secure-aggregation round on the results, with the keyword
+arguments of :func:`secagg.aggregate` (less ``noise_removal``: with ``encoding.ladder`` set and
+identities on, each client answers the noise-removal request from its own seeds).
+:func:`run_in_process` does both here, client after client; :class:`fl.engines.pool.
+PooledProtocol` does the clients' side in worker processes."""
+
+
+def revealer(
+    ladder: RemovableNoise, seeds: NoiseSeeds
+) -> Callable[[int], tuple[tuple[int, bytes], ...]]:
+    """A client's ``reveal(m)`` answer to noise removal: the seeds of the ladder components its
+    certified honest floor ``m`` makes unnecessary (:meth:`dp.removable.RemovableNoise.removal`)."""
+    return lambda honest_floor: seeds.reveal(ladder.removal(honest_floor))
+
+
+def run_in_process(
+    updates: Mapping[int, ClientUpdate], encoding: Encoding, **protocol: object
+) -> secagg.AggregationResult:
+    """The default :data:`ProtocolRunner`: every client encodes, then :func:`secagg.aggregate`
+    runs all parties in this process (and the clients' noise removal, with a ladder)."""
+    encoded = {u: encoding(u, update) for u, update in updates.items()}
+    ladder = encoding.ladder
+    removal = None
+    if ladder is not None:
+        removal = {u: revealer(ladder, e.seeds) for u, e in encoded.items()}
+    return secagg.aggregate(
+        {u: e.words for u, e in encoded.items()}, noise_removal=removal, **protocol
+    )
 
 
 def contributes_in_the_clear(phase: secagg.Phase | None) -> bool:
@@ -169,6 +289,7 @@ def secure_weighted_mean(
     policy: secagg.ClientPolicy | None = None,
     rounding_random: Callable[[int], RandomSource] | None = None,
     progress: secagg.ProgressCallback | None = None,
+    runner: ProtocolRunner | None = None,
 ) -> AggregateOutcome:
     """The weighted mean of the updates, computed by secure aggregation of ``[w, w*q]``.
 
@@ -190,6 +311,8 @@ def secure_weighted_mean(
         rounding_random: ``client id -> random source`` for stochastic rounding (``os.urandom``
             unless a reproducible simulation seeds it).
         progress: per-phase progress callback of the protocol.
+        runner: where the clients encode and run their side of the protocol
+            (:func:`run_in_process` by default).
 
     Raises:
         secagg.ThresholdNotMet: too many dropouts; no mean is released.
@@ -212,13 +335,9 @@ def secure_weighted_mean(
         precision_bits=precision_bits,
         ring_bits=ring_bits,
     )
-    source = rounding_random or (lambda _client: system_random)
-    encoded = {
-        u: encoder.encode(update.vector, weight=update.weight, random_bytes=source(u))
-        for u, update in updates.items()
-    }
-    result = secagg.aggregate(
-        encoded,
+    result = (runner or run_in_process)(
+        updates,
+        FixedPointEncoding(encoder, rounding_random or system_sources),
         threshold=threshold,
         neighbours=neighbours,
         ring_bits=ring_bits,
@@ -250,6 +369,8 @@ def secure_noisy_mean(
     round_index: int = 0,
     policy: secagg.ClientPolicy | None = None,
     noise_random: Callable[[int], RandomSource] | None = None,
+    progress: secagg.ProgressCallback | None = None,
+    runner: ProtocolRunner | None = None,
     exact_noise: bool = False,
 ) -> AggregateOutcome:
     """Client-level DP mean: each client clips, rounds and adds its share of integer noise
@@ -259,7 +380,11 @@ def secure_noisy_mean(
     With ``exact_noise`` (identities and Skellam required) each client draws its share as a
     base plus removable components (:mod:`dp.removable`) and, after the round, reveals the
     seeds of those its certified survivors make unnecessary (:mod:`secagg.removal`); the server
-    subtracts them, and ``noise_variance_left`` records what stays.
+    subtracts them, and ``noise_variance_left`` records what stays. The seeds stay with the
+    party that holds the client (this process, or its worker under a pool's runner) until the
+    client reveals them.
+
+    ``progress`` and ``runner`` are as for :func:`secure_weighted_mean`.
 
     Raises:
         secagg.ThresholdNotMet: too many dropouts; nothing is released.
@@ -274,8 +399,7 @@ def secure_noisy_mean(
     policy.check_noise(
         shape, noise_multiplier=encoder.noise_multiplier, noise_shares=encoder.noise_shares
     )
-    source = noise_random or (lambda _client: system_random)
-    ladder, seeds = None, {}
+    ladder = None
     if exact_noise:
         if not identities:
             raise InputError(
@@ -283,18 +407,9 @@ def secure_noisy_mean(
                 "be certified (set identities, or turn exact noise off)"
             )
         ladder = noise_ladder(encoder, shape, policy)
-        seeds = {u: NoiseSeeds.generate(ladder, source(u)) for u in updates}
-    encoded = {
-        u: encoder.encode(
-            update.vector,
-            rotation_seed=rotation_seed,
-            random_bytes=source(u),
-            noise=None if ladder is None else seeds[u].noise(ladder, encoder.padded, source(u)),
-        )
-        for u, update in updates.items()
-    }
-    result = secagg.aggregate(
-        encoded,
+    result = (runner or run_in_process)(
+        updates,
+        NoisyEncoding(encoder, rotation_seed, noise_random or system_sources, ladder),
         threshold=threshold,
         neighbours=neighbours,
         ring_bits=encoder.ring_bits,
@@ -302,7 +417,7 @@ def secure_noisy_mean(
         dropouts=_phases_to_clients(dropouts or {}),
         round_index=round_index,
         policy=policy,
-        noise_removal=None if ladder is None else {u: _revealer(ladder, seeds[u]) for u in updates},
+        progress=progress,
     )
     total, variance_left = result.total, None
     if ladder is not None:
@@ -325,10 +440,6 @@ def noise_ladder(
     a certified sum holds at most k + 1 - c honest clients (a closed neighbourhood less its
     corrupt members), which sizes the base share."""
     return encoder.removable(most_honest=shape.neighbours + 1 - policy.corrupt_neighbours(shape))
-
-
-def _revealer(ladder: RemovableNoise, seeds: NoiseSeeds) -> Callable[[int], tuple]:
-    return lambda honest_floor: seeds.reveal(ladder.removal(honest_floor))
 
 
 def _remove_noise(

@@ -35,7 +35,14 @@ import secagg
 from dp.accounting import ProgressCallback, calibrate
 from dp.ledger import CentralEntry, PrivacyLedger, PrivacyLevel
 from dp.samplers import sample_discrete_gaussian
-from fl.core.aggregation import AggregateOutcome, ClientUpdate, contributes_in_the_clear
+from fl.core.aggregation import (
+    AggregateOutcome,
+    ClientUpdate,
+    FixedPointEncoding,
+    contributes_in_the_clear,
+    run_in_process,
+    system_sources,
+)
 from fl.core.config import RunConfig
 from fl.core.privacy import require_client_delta
 from fl.errors import ConfigError
@@ -186,19 +193,16 @@ def central_noisy_mean(
         rounding_random: ``client id -> random source`` for stochastic rounding.
         noise_random: the server's noise source (``os.urandom``).
         dropouts: the phase in which each dropping client vanishes.
-        **protocol: threshold, neighbours, identities, round_index, policy (see
-            :func:`secagg.aggregate`).
+        **protocol: threshold, neighbours, identities, round_index, policy, progress (see
+            :func:`secagg.aggregate`), and ``runner``, where the clients encode and run their
+            side (:data:`fl.core.aggregation.ProtocolRunner`; default in this process).
 
     Raises:
         secagg.ThresholdNotMet: too many dropouts; nothing is released.
     """
     started = time.perf_counter()
     encoder = central_encoder(cohort=len(updates), clip=clip, precision_bits=plan.precision_bits)
-    source = rounding_random or (lambda _client: system_random)
-    encoded = {
-        u: encoder.encode(update.vector, weight=1, random_bytes=source(u))
-        for u, update in updates.items()
-    }
+    encoding = FixedPointEncoding(encoder, rounding_random or system_sources, weight=1)
     dropouts = dict(dropouts or {})
     if secure:
         policy = protocol.get("policy") or secagg.ClientPolicy()
@@ -206,8 +210,10 @@ def central_noisy_mean(
         by_phase: dict[secagg.Phase, list[int]] = {}
         for client, phase in dropouts.items():
             by_phase.setdefault(phase, []).append(client)
-        result = secagg.aggregate(
-            encoded,
+        runner = protocol.pop("runner", None) or run_in_process
+        result = runner(
+            updates,
+            encoding,
             ring_bits=encoder.ring_bits,
             input_bound=encoder.entry_bound,
             dropouts=by_phase,
@@ -221,6 +227,7 @@ def central_noisy_mean(
         contributors = frozenset(u for u in updates if contributes_in_the_clear(dropouts.get(u)))
         if not contributors:
             raise secagg.ThresholdNotMet("no client delivered its update")
+        encoded = {u: encoding(u, updates[u]).words for u in updates}
         total = np.zeros_like(next(iter(encoded.values())))
         for u in contributors:
             total = (total + encoded[u]) & np.uint64(encoder.ring_mask)

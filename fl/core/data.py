@@ -22,7 +22,9 @@ from fl.core.config import DataConfig, Dataset, Partition
 from fl.errors import DataError
 
 __all__ = [
+    "ClientData",
     "FederatedData",
+    "SyntheticClients",
     "arrays_from_dataset",
     "build_federated_data",
     "load_digits_arrays",
@@ -30,6 +32,7 @@ __all__ = [
     "partition_dirichlet",
     "partition_iid",
     "synthetic_arrays",
+    "synthetic_clients",
     "synthetic_federation",
 ]
 
@@ -59,10 +62,73 @@ class FederatedData:
         """Features per example (flattened)."""
         return int(np.prod(self.train_x.shape[1:]))
 
+    @property
+    def client_sizes(self) -> tuple[int, ...]:
+        """Each client's number of training examples (client id = position + 1)."""
+        return tuple(len(indices) for indices in self.client_indices)
+
     def client_arrays(self, client_id: int) -> tuple[np.ndarray, np.ndarray]:
         """The training examples of client ``client_id`` (1-based)."""
         indices = self.client_indices[client_id - 1]
         return self.train_x[indices], self.train_y[indices]
+
+
+@dataclass(frozen=True, eq=False)
+class SyntheticClients:
+    """Synthetic(alpha, beta) whose clients' training examples are generated when asked for
+    (:meth:`client_arrays`), from the client's own seed stream, so a run holds only the test set
+    and the cohort's examples: O(cohort) memory rather than O(all clients) (10,000 clients hold
+    about 1 GB of training examples). The examples are those of :func:`synthetic_federation`
+    for the same seed, bit for bit.
+
+    Attributes:
+        alpha, beta: the data set's spreads (Li et al. 2020, Sec. 5.1).
+        seed: the data set's seed.
+        test_fraction: the share of each client's examples held out.
+        test_x, test_y: the held-out test set (every client's held-out examples).
+        client_sizes: each client's number of training examples.
+    """
+
+    alpha: float
+    beta: float
+    seed: int
+    test_fraction: float
+    test_x: np.ndarray
+    test_y: np.ndarray
+    client_sizes: tuple[int, ...]
+
+    @property
+    def num_features(self) -> int:
+        """Features per example."""
+        return int(self.test_x.shape[1])
+
+    @property
+    def num_classes(self) -> int:
+        """Label values."""
+        from fl.core.synthetic import CLASSES
+
+        return CLASSES
+
+    def client_arrays(self, client_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """The training examples of client ``client_id`` (1-based), generated now.
+
+        Raises:
+            DataError: no such client.
+        """
+        if not 1 <= client_id <= len(self.client_sizes):
+            raise DataError(f"client ids run from 1 to {len(self.client_sizes)}, got {client_id}")
+        x, y, train, _ = _synthetic_split(
+            client_id,
+            alpha=self.alpha,
+            beta=self.beta,
+            seed=self.seed,
+            test_fraction=self.test_fraction,
+        )
+        return x[train], y[train]
+
+
+ClientData = FederatedData | SyntheticClients
+"""What an engine reads a federation's data from: clients' examples, sizes and the test set."""
 
 
 def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
@@ -85,21 +151,23 @@ def synthetic_arrays(
 
 
 def synthetic_federation(config: DataConfig, *, clients: int, seed: int) -> FederatedData:
-    """Synthetic(alpha, beta) for ``clients`` clients: each client's examples are generated for
-    it (:func:`fl.core.synthetic.synthetic_client`), and ``config.test_fraction`` of each
-    client's examples, shuffled, are held out; the test set is all clients' held-out examples
-    (Li et al. 2020 hold out 10% of every device's data)."""
-    from fl.core.synthetic import CLASSES, synthetic_client
+    """Synthetic(alpha, beta) for ``clients`` clients, every client's examples in memory: each
+    client's examples are generated for it (:func:`fl.core.synthetic.synthetic_client`), and
+    ``config.test_fraction`` of each client's examples, shuffled, are held out; the test set is
+    all clients' held-out examples (Li et al. 2020 hold out 10% of every device's data). Runs
+    use :func:`synthetic_clients`, which generates the same training examples on demand."""
+    from fl.core.synthetic import CLASSES
 
     train_x, train_y, test_x, test_y, shards = [], [], [], [], []
     offset = 0
     for client in range(1, clients + 1):
-        x, y = synthetic_client(
-            client, alpha=config.synthetic_alpha, beta=config.synthetic_beta, seed=seed
+        x, y, train, test = _synthetic_split(
+            client,
+            alpha=config.synthetic_alpha,
+            beta=config.synthetic_beta,
+            seed=seed,
+            test_fraction=config.test_fraction,
         )
-        order = np.random.default_rng([seed, 0xDA7A, client]).permutation(len(y))
-        held_out = max(1, round(config.test_fraction * len(y)))
-        test, train = order[:held_out], order[held_out:]
         train_x.append(x[train])
         train_y.append(y[train])
         test_x.append(x[test])
@@ -113,6 +181,51 @@ def synthetic_federation(config: DataConfig, *, clients: int, seed: int) -> Fede
         test_y=np.concatenate(test_y),
         client_indices=tuple(shards),
         num_classes=CLASSES,
+    )
+
+
+def _synthetic_split(
+    client: int, *, alpha: float, beta: float, seed: int, test_fraction: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Client ``client``'s examples and the positions of its training and held-out ones."""
+    from fl.core.synthetic import synthetic_client
+
+    x, y = synthetic_client(client, alpha=alpha, beta=beta, seed=seed)
+    order = np.random.default_rng([seed, 0xDA7A, client]).permutation(len(y))
+    held_out = max(1, round(test_fraction * len(y)))
+    return x, y, order[held_out:], order[:held_out]
+
+
+def synthetic_clients(config: DataConfig, *, clients: int, seed: int) -> SyntheticClients:
+    """Synthetic(alpha, beta) for ``clients`` clients with only the test set in memory: each
+    client's examples are generated once here for its held-out part, and again whenever its
+    training examples are asked for (the same examples as :func:`synthetic_federation`)."""
+    from fl.core.synthetic import FEATURES, client_size
+
+    totals = [client_size(client, seed=seed) for client in range(1, clients + 1)]
+    held_out = [max(1, round(config.test_fraction * n)) for n in totals]
+    # filled in place: the test set is never held twice (a concatenation would)
+    test_x = np.empty((sum(held_out), FEATURES), dtype=np.float32)
+    test_y = np.empty(sum(held_out), dtype=np.int64)
+    offset = 0
+    for client, count in enumerate(held_out, start=1):
+        x, y, _, test = _synthetic_split(
+            client,
+            alpha=config.synthetic_alpha,
+            beta=config.synthetic_beta,
+            seed=seed,
+            test_fraction=config.test_fraction,
+        )
+        test_x[offset : offset + count], test_y[offset : offset + count] = x[test], y[test]
+        offset += count
+    return SyntheticClients(
+        alpha=config.synthetic_alpha,
+        beta=config.synthetic_beta,
+        seed=seed,
+        test_fraction=config.test_fraction,
+        test_x=test_x,
+        test_y=test_y,
+        client_sizes=tuple(n - h for n, h in zip(totals, held_out, strict=True)),
     )
 
 
@@ -215,11 +328,12 @@ def build_federated_data(
     clients: int,
     seed: int,
     arrays: Any = None,
-) -> FederatedData:
+) -> ClientData:
     """Load the configured data (or take ``arrays``: an ``(x, y)`` pair of arrays or tensors, or a
-    ``torch.utils.data.Dataset``), hold out the test set, and partition the rest among clients."""
+    ``torch.utils.data.Dataset``), hold out the test set, and partition the rest among clients.
+    Synthetic(alpha, beta) comes as :class:`SyntheticClients` (clients generated on demand)."""
     if arrays is None and config.dataset is Dataset.FEDPROX_SYNTHETIC:
-        return synthetic_federation(config, clients=clients, seed=seed)
+        return synthetic_clients(config, clients=clients, seed=seed)
     if arrays is not None:
         x, y = arrays_from_dataset(arrays)
     elif config.dataset is Dataset.DIGITS:

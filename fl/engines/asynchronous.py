@@ -34,6 +34,7 @@ from fl.algorithms.fedbuff import weigh_update
 from fl.core.aggregation import AggregateOutcome, finite_updates
 from fl.core.report import RoundMetrics
 from fl.engines.federation import Federation, TrainedCohort, draw_dropouts
+from fl.engines.local import ClientTask
 
 __all__ = ["AsyncFederation", "BufferedCohort", "Task"]
 
@@ -139,15 +140,24 @@ class AsyncFederation(Federation):
     def train(self, round_index: int, cohort: Sequence[int]) -> BufferedCohort:
         """Each buffered client's update from the version it pulled, weighed by the client by
         s(tau) before it is encoded and masked; non-finite updates are left out."""
-        epochs = self.config.training.local_epochs
+        work = LocalWork(self.config.training.local_epochs)
+        tasks = [
+            ClientTask(
+                task.client,
+                *self.data.client_arrays(task.client),
+                work=work,
+                stream=task.number,
+                start=task.version,
+            )
+            for task in self._session
+        ]
+        starts = {task.version: self._versions[task.version] for task in self._session}
+        trained = self._train_all(round_index, tasks, starts)
         updates, seconds, staleness = {}, 0.0, {}
         for task in self._session:
-            update, took = self._train(
-                task.number, task.client, LocalWork(epochs), start=self._versions[task.version]
-            )
             staleness[task.client] = self.version - task.version
-            updates[task.client] = weigh_update(update, staleness[task.client])
-            seconds += took
+            updates[task.client] = weigh_update(trained[task.client].update, staleness[task.client])
+            seconds += trained[task.client].seconds
         self._staleness = staleness
         updates, non_finite = finite_updates(updates)
         dropouts = {u: phase for u, phase in self._dropouts.items() if u in updates}

@@ -1,5 +1,10 @@
 """One round of the federation: sample, train, aggregate, apply, evaluate.
 
+Where the clients' work runs: in this process, client after client, or, with a
+:class:`~fl.engines.pool.WorkerPool`, in worker processes (training balanced by the clients'
+sizes, then encoding and the clients' side of the protocol). The two give the same model bit
+for bit: every client's work depends on the seed, the round and the client alone.
+
 Randomness: cohorts, dropouts, minibatch order and stochastic rounding derive from
 ``(config.seed, round, client)``, so rounds replay exactly. Protocol keys and masks always come
 from ``os.urandom``. DP noise comes from ``os.urandom`` as well, unless
@@ -12,10 +17,9 @@ and a resumed run continues from what was recorded.
 
 from __future__ import annotations
 
-import os
 import secrets
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +35,7 @@ from fl.algorithms.fedavg import FedAvgServer, sample_cohort
 from fl.core.aggregation import (
     AggregateOutcome,
     ClientUpdate,
+    ProtocolRunner,
     contributes_in_the_clear,
     finite_updates,
     noise_ladder,
@@ -40,24 +45,69 @@ from fl.core.aggregation import (
 )
 from fl.core.central import CentralPlan, central_noisy_mean
 from fl.core.config import RunConfig
-from fl.core.data import FederatedData
+from fl.core.data import ClientData
 from fl.core.privacy import ClientLevelPlan, SampleLevelPlan, client_encoder, secure_session
 from fl.core.report import RoundMetrics
 from fl.core.speeds import task_seconds
-from fl.core.training import train_locally
 from fl.engines.base import Engine
+from fl.engines.local import GLOBAL_START, ClientTask, LocalTrainer, TrainedClient, stream_seed
+from fl.engines.pool import PooledProtocol, WorkerPool, train_cohort
 from secagg.randomness import DeterministicRandom, RandomSource, system_random
 
-__all__ = ["Federation", "TrainedCohort", "draw_dropouts", "poisson_cohort", "stream_seed"]
+__all__ = [
+    "Federation",
+    "NoiseStreams",
+    "RoundProgress",
+    "RoundingStreams",
+    "TrainedCohort",
+    "draw_dropouts",
+    "poisson_cohort",
+    "stream_seed",
+]
 
 _STRAGGLERS = 0x57A6  # the seed stream of each round's stragglers and their partial work
 
 Entry = SampleLevelEntry | ClientLevelEntry | CentralEntry
 
 
-def stream_seed(*key: int) -> int:
-    """A 63-bit seed for one (seed, round, client) stream."""
-    return int(np.random.SeedSequence(list(key)).generate_state(1, np.uint64)[0] >> np.uint64(1))
+@dataclass(frozen=True)
+class RoundingStreams:
+    """Each client's replayable stochastic-rounding stream in one round (picklable, so a
+    worker process draws exactly what this process would)."""
+
+    seed: int
+    round_index: int
+
+    def __call__(self, client: int) -> RandomSource:
+        return DeterministicRandom(f"{self.seed}/{self.round_index}/{client}".encode())
+
+
+@dataclass(frozen=True)
+class NoiseStreams:
+    """Each client's DP-noise randomness in one round: :func:`os.urandom`, or a replayable
+    stream when the run asks for reproducible noise (picklable, as :class:`RoundingStreams`)."""
+
+    seed: int
+    round_index: int
+    reproducible: bool
+
+    def __call__(self, client: int) -> RandomSource:
+        if self.reproducible:
+            return DeterministicRandom(
+                repr(("noise", self.seed, self.round_index, client)).encode()
+            )
+        return system_random
+
+
+@dataclass(frozen=True)
+class RoundProgress:
+    """Where a round is: local training (``phase`` None) or a protocol phase, ``done`` of
+    ``total`` steps (clients)."""
+
+    round: int
+    phase: secagg.Phase | None
+    done: int
+    total: int
 
 
 def poisson_cohort(clients: list[int], rate: float) -> list[int]:
@@ -109,7 +159,7 @@ class Federation(Engine[TrainedCohort]):
     config: RunConfig
     server: FedAvgServer
     working: nn.Module
-    data: FederatedData
+    data: ClientData
     device: torch.device
     ledger: PrivacyLedger | None = None
     sample_plan: SampleLevelPlan | None = None
@@ -117,6 +167,8 @@ class Federation(Engine[TrainedCohort]):
     central_plan: CentralPlan | None = None
     algorithm: Algorithm | None = None
     clock: float = 0.0
+    pool: WorkerPool | None = None
+    progress: Callable[[RoundProgress], None] | None = None
     _pending: list[Entry] = field(default_factory=list)
     _drawn: tuple[int, list[int]] | None = None
     _dropouts: dict[int, secagg.Phase] = field(default_factory=dict)
@@ -135,10 +187,21 @@ class Federation(Engine[TrainedCohort]):
         """The floors every client holds (the run configuration's ``[policy]``)."""
         return self.config.policy.client_policy()
 
-    def _noise_source(self, *key: int) -> RandomSource:
-        if self.config.privacy.reproducible_noise:
-            return DeterministicRandom(repr(("noise", self.config.seed, *key)).encode())
-        return system_random
+    @property
+    def trainer(self) -> LocalTrainer:
+        """What every client needs to train (shipped to each worker of a pool)."""
+        return LocalTrainer(
+            self.config,
+            self.working,
+            self.device,
+            self.sample_plan,
+            proximal_mu=self.algorithm.proximal_mu,
+        )
+
+    @property
+    def _runner(self) -> ProtocolRunner | None:
+        """Where the clients run their side of the protocol (None: in this process)."""
+        return None if self.pool is None else PooledProtocol(self.pool)
 
     def _generator(self, round_index: int) -> np.random.Generator:
         return np.random.default_rng([self.config.seed, round_index])
@@ -258,60 +321,59 @@ class Federation(Engine[TrainedCohort]):
     def dimension(self) -> int:
         return int(self.server.global_vector.numel())
 
-    def _train(
+    def _tasks(self, work: Mapping[int, LocalWork]) -> list[ClientTask]:
+        """The training tasks of the clients in ``work`` (in its order), from the global model;
+        each client's examples are read (or generated) now, for this round only."""
+        return [ClientTask(u, *self.data.client_arrays(u), work=w) for u, w in work.items()]
+
+    def _train_all(
         self,
         round_index: int,
-        client: int,
-        work: LocalWork,
-        start: torch.Tensor | None = None,
-    ) -> tuple[ClientUpdate, float]:
-        """One client's local work from ``start`` (default: the current global model)."""
-        x, y = self.data.client_arrays(client)
-        seed = stream_seed(self.config.seed, round_index, client)
-        training = self.config.training
-        if self.level is not PrivacyLevel.SAMPLE:
-            local = train_locally(
-                self.working,
-                self.server.global_vector if start is None else start,
-                x,
-                y,
-                training=training,
-                device=self.device,
-                generator=torch.Generator().manual_seed(seed),
-                epochs=work.epochs,
-                proximal_mu=self.algorithm.proximal_mu,
-            )
-            return local.update, local.seconds
-        if work.partial or work.epochs != training.local_epochs or start is not None:
-            raise ValueError(  # the configuration refuses these before round 1
-                "sample-level DP trains every client for training.local_epochs from the "
-                "current model (the privacy plan's steps)"
-            )
-        from dp.local import SECRET_SEED_BYTES, train_privately  # Opacus loads only here
+        tasks: Sequence[ClientTask],
+        starts: Mapping[int, torch.Tensor] | None = None,
+    ) -> dict[int, TrainedClient]:
+        """Every task's client does its local work from its start vector (``starts[task.start]``;
+        default: the global model): in the pool when there is one, else here, client after
+        client; progress is reported per client.
 
-        privacy, plan = self.config.privacy, self.sample_plan
-        secret = seed if privacy.reproducible_noise else os.urandom(SECRET_SEED_BYTES)
-        result = train_privately(
-            self.server.model,
-            x,
-            y,
-            epochs=training.local_epochs,
-            batch_size=training.batch_size,
-            learning_rate=training.learning_rate,
-            momentum=training.momentum,
-            noise_multiplier=plan.noise[client],
-            max_grad_norm=privacy.clip,
-            max_physical_batch=privacy.max_physical_batch,
-            ghost_clipping=privacy.ghost_clipping,
-            seed=secret,
-            device=self.device,
-            sampling_rate=plan.sampling_rate[client],
-            expected_batch_size=plan.expected_batch(client),
-        )
-        self._pending.append(plan.entry(round_index, client, privacy.clip))
-        delta = (result.parameters - self.server.global_vector).numpy()
-        # the weight is the released noisy count: nothing the server decodes depends on len(y)
-        return ClientUpdate(vector=delta, weight=plan.noisy_counts[client]), result.seconds
+        Raises:
+            ValueError: sample-level DP with partial work or another start than the global
+                model (the configuration refuses both before round 1).
+        """
+        starts = {GLOBAL_START: self.server.global_vector} if starts is None else starts
+        if self.level is PrivacyLevel.SAMPLE:
+            epochs = self.config.training.local_epochs
+            if any(t.work.partial or t.work.epochs != epochs for t in tasks) or any(
+                t.start != GLOBAL_START for t in tasks
+            ):
+                raise ValueError(
+                    "sample-level DP trains every client for training.local_epochs from the "
+                    "current model (the privacy plan's steps)"
+                )
+        done = 0
+
+        def trained_one(_client: int) -> None:
+            nonlocal done
+            done += 1
+            self._report(round_index, None, done, len(tasks))
+
+        self._report(round_index, None, 0, len(tasks))
+        if self.pool is not None:
+            return train_cohort(self.pool, round_index, starts, tasks, on_trained=trained_one)
+        trainer, results = self.trainer, {}
+        for task in tasks:
+            results[task.client] = trainer.train(round_index, task, starts[task.start])
+            trained_one(task.client)
+        return results
+
+    def _report(self, round_index: int, phase: secagg.Phase | None, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(RoundProgress(round_index + 1, phase, done, total))
+
+    def _protocol_progress(self, round_index: int) -> secagg.ProgressCallback | None:
+        if self.progress is None:
+            return None
+        return lambda phase, done, total: self._report(round_index, phase, done, total)
 
     def _aggregate(
         self, updates: dict[int, ClientUpdate], dropouts: dict, round_index: int
@@ -328,6 +390,8 @@ class Federation(Engine[TrainedCohort]):
             dropouts=dropouts,
             round_index=round_index,
             policy=self.policy,
+            progress=self._protocol_progress(round_index),
+            runner=self._runner,
         )
         if self.level is PrivacyLevel.CENTRAL:
             return self._central(updates, dropouts, round_index, protocol)
@@ -340,7 +404,9 @@ class Federation(Engine[TrainedCohort]):
                 updates,
                 encoder=encoder,
                 rotation_seed=rotation_seed,
-                noise_random=lambda client: self._noise_source(round_index, client),
+                noise_random=NoiseStreams(
+                    config.seed, round_index, config.privacy.reproducible_noise
+                ),
                 exact_noise=self.exact_noise,
                 **protocol,
             )
@@ -360,9 +426,7 @@ class Federation(Engine[TrainedCohort]):
             clip=secure.clip,
             precision_bits=secure.precision_bits,
             ring_bits=secure.ring_bits,
-            rounding_random=lambda client: DeterministicRandom(
-                f"{config.seed}/{round_index}/{client}".encode()
-            ),
+            rounding_random=RoundingStreams(config.seed, round_index),
             **protocol,
         )
 
@@ -380,10 +444,10 @@ class Federation(Engine[TrainedCohort]):
             plan=self.central_plan,
             clip=config.privacy.clip,
             secure=protocol is not None,
-            rounding_random=lambda client: DeterministicRandom(
-                f"{config.seed}/{round_index}/{client}".encode()
+            rounding_random=RoundingStreams(config.seed, round_index),
+            noise_random=NoiseStreams(config.seed, round_index, config.privacy.reproducible_noise)(
+                0
             ),
-            noise_random=self._noise_source(round_index, 0),
             **(protocol or {"dropouts": dropouts}),
         )
         self._pending.append(
@@ -408,7 +472,7 @@ class Federation(Engine[TrainedCohort]):
         schedule = self.config.schedule
         return task_seconds(
             client,
-            examples=len(self.data.client_indices[client - 1]),
+            examples=self.data.client_sizes[client - 1],
             epochs=epochs,
             batch_size=self.config.training.batch_size,
             seed=self.config.seed,
@@ -444,14 +508,15 @@ class Federation(Engine[TrainedCohort]):
         updates are left out. The round lasts, on the simulated clock, as long as its slowest
         client that trained."""
         work = self.plan_work(round_index, cohort)
-        updates, seconds, slowest = {}, 0.0, 0.0
-        for client in cohort:
-            if client not in work:
-                continue
-            updates[client], took = self._train(round_index, client, work[client])
-            seconds += took
-            slowest = max(slowest, self.task_seconds(client, work[client].epochs))
+        work = {u: work[u] for u in cohort if u in work}
+        trained = self._train_all(round_index, self._tasks(work))
+        updates = {u: trained[u].update for u in work}
+        seconds = sum(trained[u].seconds for u in work)
+        slowest = max((self.task_seconds(u, w.epochs) for u, w in work.items()), default=0.0)
         self.clock += slowest
+        if self.level is PrivacyLevel.SAMPLE:
+            clip = self.config.privacy.clip
+            self._pending.extend(self.sample_plan.entry(round_index, u, clip) for u in work)
         stragglers = tuple(u for u in cohort if u not in work or work[u].partial)
         updates, non_finite = finite_updates(updates)
         dropouts = {u: phase for u, phase in self._dropouts.items() if u in updates}

@@ -49,7 +49,8 @@ from fl.core.run_folder import (
     new_run_folder,
     write_config,
 )
-from fl.engines.federation import Federation
+from fl.engines.federation import Federation, RoundProgress
+from fl.engines.pool import WorkerPool, worker_count
 from fl.errors import CheckpointError, ConfigError, FLError, NonFiniteUpdateWarning
 from secagg.encoding import FixedPointEncoder
 
@@ -97,6 +98,10 @@ class RunStart:
         calibrated_rounds: the rounds that calibration covers.
         epsilon_projected: the epsilon after ``training.rounds`` if every round releases, when
             the run goes past ``calibrated_rounds`` (None otherwise).
+        workers: the processes the clients' work runs in (1: this process).
+        workers_requested: the processes asked for.
+        workers_reason: why ``workers`` is below ``workers_requested`` (None when it is not):
+            a cohort too small to share (:func:`fl.engines.pool.worker_count`), or a GPU.
     """
 
     config: RunConfig
@@ -106,6 +111,9 @@ class RunStart:
     epsilon_target: float | None
     calibrated_rounds: int | None
     epsilon_projected: float | None
+    workers: int = 1
+    workers_requested: int = 1
+    workers_reason: str | None = None
 
 
 def resolve_device(device: Device) -> torch.device:
@@ -153,7 +161,7 @@ def _preflight(config: RunConfig, dimension: int) -> None:
 def _check_weights(config: RunConfig, data: Any) -> None:
     """Refuse, before round 1, a client whose example count (its FedAvg weight) is above
     ``secure.max_weight``: the encoder would refuse it mid-run (it never clips a weight)."""
-    largest = max(len(indices) for indices in data.client_indices)
+    largest = max(data.client_sizes)
     if largest > config.secure.max_weight:
         raise ConfigError(
             "secure.max_weight",
@@ -200,6 +208,8 @@ def run_federation(
     on_start: Callable[[RunStart], None] | None = None,
     on_round: Callable[[RoundMetrics], None] | None = None,
     on_calibration: Callable[[int, int], None] | None = None,
+    on_progress: Callable[[RoundProgress], None] | None = None,
+    workers: int = 1,
 ) -> RunResult:
     """Run (or resume) a federated training and write its output folder.
 
@@ -222,9 +232,17 @@ def run_federation(
         on_round: called with each round's metrics as it completes.
         on_calibration: ``(done, total)`` progress of the noise calibration before round 1
             (default: a plain line on standard output every few seconds).
+        on_progress: called within each round as clients finish training and protocol steps.
+        workers: processes for the clients' work: 1 runs every client in this process; more
+            start that many worker processes (:mod:`fl.engines.pool`), each training, encoding
+            and running the protocol for a share of every cohort; the model is the same bit
+            for bit. A cohort too small to share runs on fewer (:func:`~fl.engines.pool.
+            worker_count`; the :class:`RunStart` says how many).
 
     Raises:
         ConfigError, DataError: invalid settings or data, before round 1.
+        WorkerError: a worker process failed at a client's work (names the round and the
+            client); the run is checkpointed after the last completed round.
         OutputError: the output folder cannot be used (see :func:`fl.core.run_folder.check_output`).
         CheckpointError: the checkpoint to resume does not verify.
         BudgetError: resuming past the calibrated rounds would spend more than the target.
@@ -236,6 +254,16 @@ def run_federation(
         >>> result = run_federation(config, resume=True)  # doctest: +SKIP
     """
     started = time.perf_counter()
+    # the clients of one secure sum: a round's cohort, or (async) one buffer's session
+    per_round = (
+        config.async_buffer
+        if config.schedule.mode is ScheduleMode.ASYNC
+        else config.training.cohort_size
+    )
+    used = worker_count(workers, per_round)  # validates workers
+    reason = None
+    if used < workers:
+        reason = f"{per_round} clients per round is too few to share further"
     if config.out is None:
         config = dataclasses.replace(config, out=str(new_run_folder()))
     out = Path(config.out)
@@ -244,6 +272,8 @@ def run_federation(
         config.data, clients=config.training.clients, seed=config.seed, arrays=arrays
     )
     device = resolve_device(config.device)
+    if device.type != "cpu" and used > 1:  # one GPU: its process trains every client
+        used, reason = 1, f"training on {device.type} runs in this process"
     torch.manual_seed(config.seed)
     model = (
         model
@@ -257,7 +287,7 @@ def run_federation(
             model = make_trainable(model)
         except DPError as error:
             raise ConfigError("model", type(model).__name__, str(error)) from None
-    check_model_fits(model, torch.as_tensor(data.train_x[:2]), data.num_classes)
+    check_model_fits(model, torch.as_tensor(data.client_arrays(1)[0][:2]), data.num_classes)
     server = FedAvgServer(
         model, server_learning_rate=config.training.server_learning_rate, device=device
     )
@@ -341,6 +371,11 @@ def run_federation(
                 out=out,
                 nothing_to_do=idle,
             )
+    federation.progress = on_progress
+    if used > 1:  # started before anything is written: a model no worker can load fails here
+        # a copy of the model goes out: torch moves what it sends into shared memory
+        trainer = dataclasses.replace(federation.trainer, model=copy.deepcopy(federation.working))
+        federation.pool = WorkerPool(used, trainer=trainer)
     create_output(out)
 
     def checkpoint(rounds: int) -> None:
@@ -376,30 +411,40 @@ def run_federation(
                 epsilon_target=privacy.epsilon if calibrated is not None else None,
                 calibrated_rounds=calibrated,
                 epsilon_projected=projected,
+                workers=used,
+                workers_requested=workers,
+                workers_reason=reason,
             )
         )
     stopped = None
-    for round_index in range(start, config.training.rounds):
-        if _over_budget(federation, round_index):
-            stopped = f"round {round_index + 1} could exceed max_epsilon = {privacy.max_epsilon}"
-            break
-        metrics = federation.run_round(round_index)
-        if metrics.non_finite:
-            warnings.warn(
-                f"round {metrics.round}: client(s) {', '.join(map(str, metrics.non_finite))} "
-                "sent an update with NaN or infinite values and were left out of the round "
-                f"(check training.learning_rate = {config.training.learning_rate:g})",
-                NonFiniteUpdateWarning,
-                stacklevel=2,
-            )
-        history.append(metrics)
-        append_metrics(out, metrics)
-        checkpoint(round_index + 1)
-        if on_round:
-            on_round(metrics)
+    try:
+        for round_index in range(start, config.training.rounds):
+            if _over_budget(federation, round_index):
+                stopped = (
+                    f"round {round_index + 1} could exceed max_epsilon = {privacy.max_epsilon}"
+                )
+                break
+            metrics = federation.run_round(round_index)
+            if metrics.non_finite:
+                warnings.warn(
+                    f"round {metrics.round}: client(s) {', '.join(map(str, metrics.non_finite))} "
+                    "sent an update with NaN or infinite values and were left out of the round "
+                    f"(check training.learning_rate = {config.training.learning_rate:g})",
+                    NonFiniteUpdateWarning,
+                    stacklevel=2,
+                )
+            history.append(metrics)
+            append_metrics(out, metrics)
+            checkpoint(round_index + 1)
+            if on_round:
+                on_round(metrics)
+    finally:
+        if federation.pool is not None:
+            federation.pool.close()
     seconds = wall_before + time.perf_counter() - started
     summary = _summary(config, history, server, device, seconds)
     summary["stopped_early"] = stopped
+    summary["workers"] = used
     if federation.ledger is not None:
         summary.update(spent_summary(federation.ledger))
         summary["epsilon_target"] = privacy.epsilon if calibrated is not None else None

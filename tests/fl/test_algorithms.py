@@ -160,13 +160,13 @@ def test_the_engine_runs_the_algorithms_plan(tmp_path, name, monkeypatch):
     dropped), a FedProx round trains everyone, the stragglers for fewer epochs; both see the
     same stragglers, and the metrics count them."""
     trained: dict[int, list[tuple[int, int]]] = {}
-    original = Federation._train
+    original = Federation._train_all
 
-    def spy(self, round_index, client, work, start=None):
-        trained.setdefault(round_index, []).append((client, work.epochs))
-        return original(self, round_index, client, work, start)
+    def spy(self, round_index, tasks, starts=None):
+        trained.setdefault(round_index, []).extend((t.client, t.work.epochs) for t in tasks)
+        return original(self, round_index, tasks, starts)
 
-    monkeypatch.setattr(Federation, "_train", spy)
+    monkeypatch.setattr(Federation, "_train_all", spy)
     overrides = {
         "training.clients": 10,
         "training.local_epochs": 3,

@@ -52,7 +52,7 @@ class _Recorder:
 
     def __init__(self, monkeypatch):
         self.sessions, self.raw, self.encoded = [], {}, []
-        original_train, original_local = AsyncFederation.train, Federation._train
+        original_train, original_local = AsyncFederation.train, Federation._train_all
         real_aggregate = secagg.aggregate
         recorder = self
 
@@ -60,17 +60,18 @@ class _Recorder:
             recorder.sessions.append((engine.version, list(engine._session), engine.clock))
             return original_train(engine, round_index, cohort)
 
-        def local(engine, round_index, client, work, start=None):
-            update, seconds = original_local(engine, round_index, client, work, start)
-            recorder.raw[(len(recorder.sessions), client)] = update
-            return update, seconds
+        def local(engine, round_index, tasks, starts=None):
+            trained = original_local(engine, round_index, tasks, starts)
+            for client, result in trained.items():
+                recorder.raw[(len(recorder.sessions), client)] = result.update
+            return trained
 
         def aggregate(inputs, **kwargs):
             recorder.encoded.append(dict(inputs))
             return real_aggregate(inputs, **kwargs)
 
         monkeypatch.setattr(AsyncFederation, "train", train)
-        monkeypatch.setattr(Federation, "_train", local)
+        monkeypatch.setattr(Federation, "_train_all", local)
         monkeypatch.setattr(secagg, "aggregate", aggregate)
 
 
@@ -215,16 +216,16 @@ def test_async_clients_train_fedprox_local_objective(tmp_path, monkeypatch):
     """README: asynchronous runs call the same algorithm object as synchronous ones. With
     FedProx every buffered client's local training receives the proximal weight mu (and none
     under FedAvg); the schedule does not depend on the algorithm."""
-    from fl.engines import federation as federation_module
+    from fl.engines import local as local_module
 
     seen = []
-    real = federation_module.train_locally
+    real = local_module.train_locally
 
     def spy(*args, **kwargs):
         seen.append(kwargs.get("proximal_mu"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(federation_module, "train_locally", spy)
+    monkeypatch.setattr(local_module, "train_locally", spy)
     fedprox = run_federation(
         _config(
             tmp_path,

@@ -619,7 +619,7 @@ def test_dp_sgd_noise_is_seeded_with_64_bit_secrets_from_the_os(tmp_path, monkey
     import os
 
     import dp.local
-    import fl.engines.federation
+    import fl.engines.local
 
     requested, seeds = [], []
     real_urandom, real_seeds = os.urandom, dp.local._generator_seeds
@@ -633,7 +633,7 @@ def test_dp_sgd_noise_is_seeded_with_64_bit_secrets_from_the_os(tmp_path, monkey
         seeds.extend(pair)
         return pair
 
-    monkeypatch.setattr(fl.engines.federation.os, "urandom", urandom)
+    monkeypatch.setattr(fl.engines.local.os, "urandom", urandom)
     monkeypatch.setattr(dp.local, "_generator_seeds", generator_seeds)
     run_federation(
         _config(

@@ -177,8 +177,9 @@ def test_one_diverging_client_is_dropped_and_the_round_goes_on(tmp_path, secure,
     """A single client whose update is NaN is left out of the mean; the others are averaged
     and the model stays finite."""
     import fl.engines.federation
+    import fl.engines.local
 
-    train = fl.engines.federation.train_locally
+    train = fl.engines.local.train_locally
 
     def diverging(*args, **kwargs):
         local = train(*args, **kwargs)
@@ -186,7 +187,7 @@ def test_one_diverging_client_is_dropped_and_the_round_goes_on(tmp_path, secure,
             local.update.vector[0] = np.nan
         return local
 
-    monkeypatch.setattr(fl.engines.federation, "train_locally", diverging)
+    monkeypatch.setattr(fl.engines.local, "train_locally", diverging)
     monkeypatch.setattr(fl.engines.federation, "draw_dropouts", lambda *_a, **_k: {})
     config = _config(
         tmp_path, **{"training.rounds": 1, "training.clients": 6, "secure.enabled": secure}

@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 from fl.core.config import RunConfig
-from fl.core.data import build_federated_data
+from fl.core.data import SyntheticClients, build_federated_data, synthetic_federation
 from fl.core.synthetic import (
     CLASSES,
     FEATURES,
@@ -20,6 +20,7 @@ from fl.core.synthetic import (
     feature_variances,
     synthetic_client,
 )
+from fl.errors import DataError
 
 
 def _within(observed: float, expected: float, std: float, sigmas: float = 5.0) -> bool:
@@ -117,10 +118,39 @@ def test_each_client_holds_out_its_test_fraction():
     data = build_federated_data(config, clients=8, seed=0)
     sizes = [client_size(k, seed=0) for k in range(1, 9)]
     held_out = [max(1, round(0.1 * n)) for n in sizes]
-    assert [len(i) for i in data.client_indices] == [
-        n - h for n, h in zip(sizes, held_out, strict=True)
-    ]
+    assert list(data.client_sizes) == [n - h for n, h in zip(sizes, held_out, strict=True)]
     assert len(data.test_y) == sum(held_out)
     assert data.num_classes == CLASSES and data.num_features == FEATURES
-    train_rows = {row.tobytes() for row in data.train_x}
+    train_rows = {row.tobytes() for k in range(1, 9) for row in data.client_arrays(k)[0]}
     assert not any(row.tobytes() in train_rows for row in data.test_x)
+
+
+def test_clients_generated_on_demand_are_the_materialised_federation_bit_for_bit():
+    """A run's Synthetic(alpha, beta) generates each client's training examples when the client
+    is sampled (O(cohort) memory): every client's examples, the sizes and the test set are those
+    of the federation built with every client in memory, for the same seed, bit for bit; the
+    on-demand form holds no training example (only the test set)."""
+    config = (
+        RunConfig()
+        .with_overrides(
+            {
+                "data.dataset": "fedprox-synthetic",
+                "data.synthetic_alpha": 0.5,
+                "data.synthetic_beta": 2,
+            }
+        )
+        .data
+    )
+    lazy = build_federated_data(config, clients=30, seed=4)
+    eager = synthetic_federation(config, clients=30, seed=4)
+    assert isinstance(lazy, SyntheticClients)
+    assert lazy.client_sizes == eager.client_sizes
+    for k in (30, 1, 17, 1):  # any order, twice: generation depends on (seed, client) alone
+        for mine, reference in zip(lazy.client_arrays(k), eager.client_arrays(k), strict=True):
+            assert mine.dtype == reference.dtype and np.array_equal(mine, reference)
+    assert np.array_equal(lazy.test_x, eager.test_x) and np.array_equal(lazy.test_y, eager.test_y)
+    assert (lazy.num_features, lazy.num_classes) == (eager.num_features, eager.num_classes)
+    held = sum(v.nbytes for v in vars(lazy).values() if isinstance(v, np.ndarray))
+    assert held == lazy.test_x.nbytes + lazy.test_y.nbytes < eager.train_x.nbytes
+    with pytest.raises(DataError, match="client ids run from 1 to 30"):
+        lazy.client_arrays(31)

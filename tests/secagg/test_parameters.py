@@ -76,3 +76,6 @@ def test_binomial_tail_is_a_probability():
     """The tail helper sums to one over the full range and matches a hand value."""
     assert math.isclose(_binomial_tail(10, 0.3, 0, 10), 1.0)
     assert math.isclose(_binomial_tail(2, 0.5, 2, 2), 0.25)
+    # an empty range holds no mass (a negative upper end must not wrap around the cached table)
+    assert _binomial_tail(10, 0.3, 5, 2) == 0
+    assert _binomial_tail(10, 0.3, 3, -2) == 0
