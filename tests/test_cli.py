@@ -163,6 +163,12 @@ MISTAKES = [
     ("toml unknown key", _toml("[training]\nrounds_ = 3\n"), 2, "not a configuration key"),
     ("toml syntax error", _toml("[training\n"), 2, "not valid TOML"),
     ("config file missing", _flags("run", "--config", "/nonexistent/c.toml"), 2, "not found"),
+    (
+        "a client above --max-weight",
+        _flags("run", "--max-weight", "5", "--rounds", "1"),
+        2,
+        "secure.max_weight = 5 is invalid: at least",
+    ),
     ("data file not an npz", _bad_data_file, 2, "is not a readable .npz file"),
     (
         "truncated checkpoint npz",
@@ -433,6 +439,18 @@ def test_version_flag():
         timeout=120,
     )
     assert completed.stdout.startswith("privagg ")
+
+
+def test_secure_flags_reach_the_configuration():
+    """--identities and --max-weight set secure.identities and secure.max_weight (and the
+    max-weight refusal names the flag that fixes it)."""
+    from fl.cli.main import _run_config
+
+    args = build_parser().parse_args(["run", "--identities", "--max-weight", "77000"])
+    secure = _run_config(args).secure
+    assert secure.identities is True and secure.max_weight == 77_000
+    args = build_parser().parse_args(["run", "--no-identities"])
+    assert _run_config(args).secure.identities is False
 
 
 def test_every_help_shows_defaults_and_no_escaped_percent():

@@ -241,6 +241,22 @@ def _add_run_parser(commands: argparse._SubParsersAction, output: argparse.Argum
         help="secure aggregation on, or plaintext FedAvg (default: on)",
     )
     run.add_argument(
+        "--identities",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="signed keys and the consistency check, which protect the clients against an "
+        "active server; client-level DP needs them to remove excess noise after dropouts "
+        f"exactly {_default('secure.identities')}",
+    )
+    run.add_argument(
+        "--max-weight",
+        type=int,
+        metavar="N",
+        help="public bound on a client's FedAvg weight (its example count), which sizes the "
+        "secure sum's encoding; a client holding more examples is refused before round 1 "
+        f"{_default('secure.max_weight')}",
+    )
+    run.add_argument(
         "--device",
         choices=[d.value for d in Device],
         help=f"where clients train {_default('device')}",
@@ -393,6 +409,8 @@ _RUN_FLAGS = {
     "partition": "data.partition",
     "alpha": "data.alpha",
     "secure": "secure.enabled",
+    "identities": "secure.identities",
+    "max_weight": "secure.max_weight",
     "device": "device",
     "seed": "seed",
     "out": "out",

@@ -239,7 +239,7 @@ class Federation(Engine[TrainedCohort]):
         privacy, secure = self.config.privacy, self.config.secure
         if self.level is PrivacyLevel.CLIENT and privacy.exact_noise and not self.exact_noise:
             why = (
-                "secure.identities = true"
+                "secure.identities = true (--identities)"
                 if not secure.identities
                 else "privacy.mechanism = 'skellam'"
             )

@@ -167,7 +167,7 @@ def _check_weights(config: RunConfig, data: Any) -> None:
             "secure.max_weight",
             config.secure.max_weight,
             f"at least {largest}: a client holds {largest} examples, and its weight in the "
-            "secure sum is its example count (raise secure.max_weight)",
+            "secure sum is its example count (raise it: --max-weight, or [secure] max_weight)",
         )
 
 
