@@ -304,17 +304,23 @@ def round_progress(
         yield started, update, step
 
 
+def _data_label(data: Any) -> str:
+    """The data set and how it is split: Synthetic(alpha, beta) generates each client's data for
+    it, so no partition applies."""
+    if data.dataset.value == "fedprox-synthetic":
+        return f"Synthetic({data.synthetic_alpha:g},{data.synthetic_beta:g}) per client"
+    split = f"({data.alpha})" if data.partition.value == "dirichlet" else ""
+    return f"{data.dataset.value} {data.partition.value}{split}"
+
+
 def render_run_start(output: Output, start: Any) -> None:
     """The header of ``privagg run`` (a :class:`fl.engines.inprocess.RunStart`): what will run, and the
     privacy budget: target, spent so far, and what an extension past the calibration spends."""
     config, training, privacy = start.config, start.config.training, start.config.privacy
     mode = "secure aggregation" if config.secure.enabled else "plaintext FedAvg"
-    data = config.data
     text = (
         f"[bold]privagg run[/]: {training.clients} clients ({training.cohort_size} per round), "
-        f"{data.dataset.value} {data.partition.value}"
-        + (f"({data.alpha})" if data.partition.value == "dirichlet" else "")
-        + f", {config.model.name.value}, {training.rounds} rounds, {mode}, "
+        f"{_data_label(config.data)}, {config.model.name.value}, {training.rounds} rounds, {mode}, "
         f"dropout {config.secure.dropout:.0%}, seed {config.seed}"
     )
     dp = privacy.level.value != "none"
