@@ -24,7 +24,7 @@ from secagg.randomness import RandomSource, system_random
 from secagg.server import Server
 from secagg.stages import Phase
 
-__all__ = ["AggregationResult", "ProgressCallback", "RevealNoise", "aggregate"]
+__all__ = ["AggregationResult", "ProgressCallback", "RevealNoise", "RoundTraffic", "aggregate"]
 
 ProgressCallback = Callable[[Phase, int, int], None]
 """Called as ``progress(phase, done, total)``: once with ``done=0``, then after each step."""
@@ -87,6 +87,92 @@ def _dropout_phases(
                 raise ValueError(f"client {client} is set to drop out in two phases")
             when[client] = phase
     return when
+
+
+class RoundTraffic:
+    """The bytes and seconds of one driven round, counted one way by every driver of the
+    protocol (:func:`aggregate`, and the worker pool of ``fl.engines.pool``).
+
+    The server's time is counted around its own calls (receive, close_phase); each phase's
+    bytes down are every message the server sends, delivered or not (a client that dropped out
+    never reads its message), and its bytes up every reply the server receives.
+    """
+
+    def __init__(self, ids: Sequence[int]) -> None:
+        self.bytes_sent = dict.fromkeys([SERVER_ID, *ids], 0)
+        self.bytes_received = dict.fromkeys([SERVER_ID, *ids], 0)
+        self.client_seconds = dict.fromkeys(ids, 0.0)
+        self.phase_seconds: dict[Phase, float] = {}
+        self.phase_bytes_up: dict[Phase, int] = {}
+        self.phase_bytes_down: dict[Phase, int] = {}
+        self.server_seconds = 0.0
+
+    def start_phase(self, phase: Phase) -> None:
+        """Begin counting ``phase``."""
+        self.phase_bytes_up[phase] = self.phase_bytes_down[phase] = 0
+
+    def send(self, phase: Phase, client: int, message: bytes, *, delivered: bool) -> None:
+        """The server sends ``message`` to ``client``, who reads it if ``delivered``."""
+        self.bytes_sent[SERVER_ID] += len(message)
+        self.phase_bytes_down[phase] += len(message)
+        if delivered:
+            self.bytes_received[client] += len(message)
+
+    def reply(self, server: Server, phase: Phase, client: int, reply: bytes) -> None:
+        """``client``'s reply reaches the server, which receives it."""
+        self.bytes_sent[client] += len(reply)
+        self.bytes_received[SERVER_ID] += len(reply)
+        self.phase_bytes_up[phase] += len(reply)
+        tick = time.perf_counter()
+        server.receive(reply)
+        self.server_seconds += time.perf_counter() - tick
+
+    def close_phase(self, server: Server, phase: Phase, started: float) -> dict[int, bytes]:
+        """The server's messages for the next phase; a round that ends with
+        :class:`ThresholdNotMet` says what it cost (``bytes_up``, ``bytes_down``)."""
+        tick = time.perf_counter()
+        try:
+            outgoing = server.close_phase()
+        except ThresholdNotMet as error:  # the round ends: say what it cost
+            error.bytes_up = sum(n for party, n in self.bytes_sent.items() if party != SERVER_ID)
+            error.bytes_down = self.bytes_sent[SERVER_ID]
+            raise
+        self.server_seconds += time.perf_counter() - tick
+        self.phase_seconds[phase] = time.perf_counter() - started
+        return outgoing
+
+    def exchange(self, client: int, request: bytes, reply: bytes) -> None:
+        """One request from the server and ``client``'s reply, outside the phases."""
+        for party, size in ((SERVER_ID, len(request)), (client, len(reply))):
+            self.bytes_sent[party] += size
+            self.bytes_received[client if party == SERVER_ID else SERVER_ID] += size
+
+    def result(
+        self,
+        server: Server,
+        *,
+        mask_seconds: float,
+        keystream_bytes: int,
+        noise_removal: dict[int, NoiseRemovalResponse],
+    ) -> AggregationResult:
+        """The finished round's sum with everything counted."""
+        result = server.result
+        return AggregationResult(
+            total=result.total,
+            contributors=result.contributors,
+            dropped=result.dropped,
+            config=server.config,
+            bytes_sent=self.bytes_sent,
+            bytes_received=self.bytes_received,
+            client_seconds=self.client_seconds,
+            server_seconds=self.server_seconds,
+            phase_seconds=self.phase_seconds,
+            phase_bytes_up=self.phase_bytes_up,
+            phase_bytes_down=self.phase_bytes_down,
+            mask_seconds=mask_seconds,
+            keystream_bytes=keystream_bytes,
+            noise_removal=noise_removal,
+        )
 
 
 def aggregate(
@@ -160,13 +246,7 @@ def aggregate(
         random_bytes=rng,
     )
     drop_phase = _dropout_phases(dropouts, ids, identities)
-    bytes_sent = dict.fromkeys([SERVER_ID, *ids], 0)
-    bytes_received = dict.fromkeys([SERVER_ID, *ids], 0)
-    client_seconds = dict.fromkeys(ids, 0.0)
-    phase_seconds: dict[Phase, float] = {}
-    phase_bytes_up: dict[Phase, int] = {}
-    phase_bytes_down: dict[Phase, int] = {}
-    server_seconds = 0.0
+    traffic = RoundTraffic(ids)
     server = Server(config, random_bytes=rng, chunk_bytes=chunk_bytes)
     clients = {
         u: Client(
@@ -187,17 +267,16 @@ def aggregate(
         started = time.perf_counter()
         recipients = sorted(outgoing)
         total_steps = len(recipients) + 1
-        phase_bytes_up[phase] = phase_bytes_down[phase] = 0
+        traffic.start_phase(phase)
         if progress:
             progress(phase, 0, total_steps)
         for step, u in enumerate(recipients, start=1):
             message = outgoing[u]
-            bytes_sent[SERVER_ID] += len(message)
-            phase_bytes_down[phase] += len(message)
             dropped_at = drop_phase.get(u)
-            if dropped_at is not None and phases.index(dropped_at) <= index:
+            delivered = dropped_at is None or phases.index(dropped_at) > index
+            traffic.send(phase, u, message, delivered=delivered)
+            if not delivered:
                 continue
-            bytes_received[u] += len(message)
             tick = time.perf_counter()
             try:
                 if phase is Phase.ADVERTISE_KEYS:
@@ -210,24 +289,11 @@ def aggregate(
                 aborted.add(u)
                 continue
             finally:
-                client_seconds[u] += time.perf_counter() - tick
-            bytes_sent[u] += len(reply)
-            bytes_received[SERVER_ID] += len(reply)
-            phase_bytes_up[phase] += len(reply)
-            tick = time.perf_counter()
-            server.receive(reply)
-            server_seconds += time.perf_counter() - tick
+                traffic.client_seconds[u] += time.perf_counter() - tick
+            traffic.reply(server, phase, u, reply)
             if progress:
                 progress(phase, step, total_steps)
-        tick = time.perf_counter()
-        try:
-            outgoing = server.close_phase()
-        except ThresholdNotMet as error:  # the round ends: say what it cost
-            error.bytes_up = sum(sent for party, sent in bytes_sent.items() if party != SERVER_ID)
-            error.bytes_down = bytes_sent[SERVER_ID]
-            raise
-        server_seconds += time.perf_counter() - tick
-        phase_seconds[phase] = time.perf_counter() - started
+        outgoing = traffic.close_phase(server, phase, started)
         if progress:
             progress(phase, total_steps, total_steps)
 
@@ -236,22 +302,9 @@ def aggregate(
         for u, request in server.noise_removal_requests().items():
             reply = clients[u].answer_noise_removal(request, noise_removal[u])
             removals[u] = server.receive_noise_removal(reply)
-            for party, size in ((SERVER_ID, len(request)), (u, len(reply))):
-                bytes_sent[party] += size
-                bytes_received[u if party == SERVER_ID else SERVER_ID] += size
-    result = server.result
-    return AggregationResult(
-        total=result.total,
-        contributors=result.contributors,
-        dropped=result.dropped,
-        config=config,
-        bytes_sent=bytes_sent,
-        bytes_received=bytes_received,
-        client_seconds=client_seconds,
-        server_seconds=server_seconds,
-        phase_seconds=phase_seconds,
-        phase_bytes_up=phase_bytes_up,
-        phase_bytes_down=phase_bytes_down,
+            traffic.exchange(u, request, reply)
+    return traffic.result(
+        server,
         mask_seconds=sum(c.stats.mask_seconds for c in clients.values()),
         keystream_bytes=sum(c.stats.keystream_bytes for c in clients.values()),
         noise_removal=removals,

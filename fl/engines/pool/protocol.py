@@ -18,8 +18,8 @@ import secagg
 from fl.core.aggregation import ClientUpdate, Encoding
 from fl.engines.pool.processes import WorkerPool
 from secagg.hazmat.prg import DEFAULT_CHUNK_BYTES
-from secagg.messages import SERVER_ID
 from secagg.randomness import system_random
+from secagg.simulate import RoundTraffic
 
 __all__ = ["PooledProtocol"]
 
@@ -177,13 +177,7 @@ class PooledProtocol:
         )
         owner = {u: index for index, share in enumerate(shares) for u in share}
         with_identities = identities is not None
-        bytes_sent = dict.fromkeys([SERVER_ID, *ids], 0)
-        bytes_received = dict.fromkeys([SERVER_ID, *ids], 0)
-        client_seconds = dict.fromkeys(ids, 0.0)
-        phase_seconds: dict[secagg.Phase, float] = {}
-        phase_bytes_up: dict[secagg.Phase, int] = {}
-        phase_bytes_down: dict[secagg.Phase, int] = {}
-        server_seconds = 0.0
+        traffic = RoundTraffic(ids)
         server = secagg.Server(config, random_bytes=system_random, chunk_bytes=chunk_bytes)
         phases = [
             p for p in secagg.Phase if with_identities or p is not secagg.Phase.CONSISTENCY_CHECK
@@ -193,19 +187,17 @@ class PooledProtocol:
             started = time.perf_counter()
             recipients = sorted(outgoing)
             total_steps = len(recipients) + 1
-            phase_bytes_up[phase] = phase_bytes_down[phase] = 0
+            traffic.start_phase(phase)
             if progress:
                 progress(phase, 0, total_steps)
             delivered: list[dict[int, bytes]] = [{} for _ in shares]
             for u in recipients:
                 message = outgoing[u]
-                bytes_sent[SERVER_ID] += len(message)
-                phase_bytes_down[phase] += len(message)
                 dropped_at = drop_phase.get(u)
-                if dropped_at is not None and phases.index(dropped_at) <= index:
-                    continue
-                bytes_received[u] += len(message)
-                delivered[owner[u]][u] = message
+                reaches = dropped_at is None or phases.index(dropped_at) > index
+                traffic.send(phase, u, message, delivered=reaches)
+                if reaches:
+                    delivered[owner[u]][u] = message
             replies: dict[int, tuple[bytes | None, float]] = {}
             self.pool.call(
                 "phase",
@@ -218,26 +210,13 @@ class PooledProtocol:
                 if u not in replies:
                     continue  # dropped out in or before this phase
                 reply, seconds = replies[u]
-                client_seconds[u] += seconds
+                traffic.client_seconds[u] += seconds
                 if reply is None:
                     continue  # stopped: too few peers left
-                bytes_sent[u] += len(reply)
-                bytes_received[SERVER_ID] += len(reply)
-                phase_bytes_up[phase] += len(reply)
-                tick = time.perf_counter()
-                server.receive(reply)
-                server_seconds += time.perf_counter() - tick
+                traffic.reply(server, phase, u, reply)
                 if progress:
                     progress(phase, step, total_steps)
-            tick = time.perf_counter()
-            try:
-                outgoing = server.close_phase()
-            except secagg.ThresholdNotMet as error:  # the round ends: say what it cost
-                error.bytes_up = sum(n for party, n in bytes_sent.items() if party != SERVER_ID)
-                error.bytes_down = bytes_sent[SERVER_ID]
-                raise
-            server_seconds += time.perf_counter() - tick
-            phase_seconds[phase] = time.perf_counter() - started
+            outgoing = traffic.close_phase(server, phase, started)
             if progress:
                 progress(phase, total_steps, total_steps)
         removals: dict[int, secagg.messages.NoiseRemovalResponse] = {}
@@ -257,23 +236,10 @@ class PooledProtocol:
             for u, request in requests.items():  # in client order, as secagg.aggregate
                 reply = answers[u]
                 removals[u] = server.receive_noise_removal(reply)
-                for party, size in ((SERVER_ID, len(request)), (u, len(reply))):
-                    bytes_sent[party] += size
-                    bytes_received[u if party == SERVER_ID else SERVER_ID] += size
+                traffic.exchange(u, request, reply)
         stats = self._call("close_session", [()] * len(shares), shares, round_index)
-        result = server.result
-        return secagg.AggregationResult(
-            total=result.total,
-            contributors=result.contributors,
-            dropped=result.dropped,
-            config=config,
-            bytes_sent=bytes_sent,
-            bytes_received=bytes_received,
-            client_seconds=client_seconds,
-            server_seconds=server_seconds,
-            phase_seconds=phase_seconds,
-            phase_bytes_up=phase_bytes_up,
-            phase_bytes_down=phase_bytes_down,
+        return traffic.result(
+            server,
             mask_seconds=sum(s[0] for s in stats if s is not None),
             keystream_bytes=sum(s[1] for s in stats if s is not None),
             noise_removal=removals,
