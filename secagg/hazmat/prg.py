@@ -12,7 +12,7 @@ than expanding one whole mask after another.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -31,6 +31,8 @@ __all__ = [
 ]
 
 SEED_BYTES = 32
+ChunkHook = Callable[[int, np.ndarray], None]
+"""``hook(start, segment)``: a pass over ``out[start:start + len(segment)]`` (:func:`accumulate`)."""
 DEFAULT_CHUNK_BYTES = 1 << 17
 DEFAULT_GROUP = 16
 _BLOCK_BYTES = 16
@@ -70,14 +72,30 @@ class KeystreamReader:
         True
     """
 
+    SLACK = _BLOCK_BYTES - 1
+    """Bytes a :meth:`read_into` buffer needs beyond the length read (OpenSSL's rule)."""
+
     def __init__(self, seed: bytes) -> None:
         self._encryptor = _encryptor(seed)
+        self._zeros = b""
 
     def __call__(self, length: int) -> bytes:
         """The next ``length`` bytes of the stream."""
         if length < 0:
             raise ValueError(f"length must be >= 0, got {length}")
         return self._encryptor.update(bytes(length))
+
+    def read_into(self, buffer: bytearray, length: int) -> None:
+        """Write the next ``length`` bytes of the stream to the front of ``buffer``, which
+        must hold ``length + SLACK`` bytes (no allocation per call)."""
+        if length < 0 or len(buffer) < length + self.SLACK:
+            raise ValueError(
+                f"read_into needs 0 <= length and a buffer of length + {self.SLACK} bytes, got "
+                f"length {length} and {len(buffer)} bytes"
+            )
+        if len(self._zeros) < length:
+            self._zeros = bytes(length)
+        self._encryptor.update_into(memoryview(self._zeros)[:length], buffer)
 
 
 def accumulate(
@@ -87,6 +105,8 @@ def accumulate(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     group: int = DEFAULT_GROUP,
     offset: int = 0,
+    fill: ChunkHook | None = None,
+    drain: ChunkHook | None = None,
 ) -> None:
     """Add (or subtract) the keystream of every term into ``out``, modulo the word size.
 
@@ -122,11 +142,11 @@ def accumulate(
             f"offset must be a non-negative number of words filling whole 16-byte blocks, "
             f"got {offset}"
         )
-    if not terms or out.size == 0:
+    if out.size == 0 or not (terms or fill or drain):
         return
     counter = ((offset * word.itemsize) // _BLOCK_BYTES).to_bytes(_BLOCK_BYTES, "big")
     chunk_words = chunk_bytes // word.itemsize
-    group = min(group, len(terms))
+    group = max(1, min(group, len(terms)))
     zeros = memoryview(bytes(chunk_bytes))
     scratch = bytearray(group * chunk_bytes + _BLOCK_BYTES - 1)
     rows = np.frombuffer(scratch, dtype=word, count=group * chunk_words).reshape(group, chunk_words)
@@ -140,8 +160,12 @@ def accumulate(
         segment = out[start : start + chunk_words]
         words = segment.size
         plain = zeros[: words * word.itemsize]
+        if fill is not None:
+            fill(start, segment)
         for encryptors, subtract in batches:
             for encryptor, view in zip(encryptors, views, strict=False):
                 encryptor.update_into(plain, view)
             np.add.reduce(rows[: len(encryptors), :words], axis=0, out=total[:words])
             (np.subtract if subtract else np.add)(segment, total[:words], out=segment)
+        if drain is not None:
+            drain(start, segment)

@@ -54,7 +54,7 @@ from secagg.errors import (
 from secagg.hazmat import aead, shamir
 from secagg.hazmat.agreement import AgreementKey
 from secagg.hazmat.exceptions import InvalidAuthentication
-from secagg.hazmat.prg import DEFAULT_CHUNK_BYTES, MaskTerm, accumulate
+from secagg.hazmat.prg import DEFAULT_CHUNK_BYTES, ChunkHook, MaskTerm, accumulate
 from secagg.multistep import keys
 from secagg.multistep import messages as wire
 from secagg.multistep.config import PARAMETERS_BYTES, SessionConfig, StepContext
@@ -264,7 +264,9 @@ class SessionMember:
 
     # -- one step --------------------------------------------------------------------------------
 
-    def mask(self, context: StepContext, vector: np.ndarray) -> bytes:
+    def mask(
+        self, context: StepContext, vector: np.ndarray, *, fill: ChunkHook | None = None
+    ) -> bytes:
         """Mask ``vector`` in place for ``context`` and return the share offer to publish first.
 
         Args:
@@ -272,6 +274,9 @@ class SessionMember:
                 after every step this member took part in.
             vector: this member's ring vector: a writeable, contiguous ``uint32`` (32-bit ring)
                 or ``uint64`` array of ``context.length`` words.
+            fill: writes the plain words into each chunk of ``vector`` just before that chunk
+                is masked (:func:`secagg.hazmat.prg.accumulate`): encoding and masking in one
+                pass over memory. Without it, ``vector`` holds the plain words already.
 
         Raises:
             LocalProtocolError: a step is still open (reveal or abandon it first), the step does
@@ -333,7 +338,7 @@ class SessionMember:
             for peer in context.contributors
             if peer != self.member_id
         ]
-        accumulate(vector, terms, chunk_bytes=self._chunk_bytes)
+        accumulate(vector, terms, chunk_bytes=self._chunk_bytes, fill=fill)
         offer = wire.ShareOffer(
             context.attempt,
             context.length,
@@ -612,7 +617,12 @@ class StepUnmasker:
             self._seeds[owner] = seed
 
     def unmask(
-        self, total: np.ndarray, *, offset: int = 0, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+        self,
+        total: np.ndarray,
+        *,
+        offset: int = 0,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        drain: ChunkHook | None = None,
     ) -> None:
         """Subtract every contributor's self mask from ``total`` (the sum of the masked vectors).
 
@@ -621,6 +631,8 @@ class StepUnmasker:
                 (members of a synchronous step may each unmask one slice and share the result).
             offset: where ``total`` starts in the step's vector (whole 16-byte blocks).
             chunk_bytes: the expansion's chunk (:func:`secagg.hazmat.prg.accumulate`).
+            drain: reads each unmasked chunk of ``total`` out (e.g. decodes it) while it is in
+                cache, as ``drain(start, segment)`` with ``start`` relative to ``total``.
 
         Raises:
             ThresholdNotMet: some seed is missing (call :meth:`recover` first).
@@ -647,4 +659,4 @@ class StepUnmasker:
             MaskTerm(keys.self_mask_seed(seed, self._digest, owner), subtract=True)
             for owner, seed in sorted(self._seeds.items())
         ]
-        accumulate(total, terms, chunk_bytes=chunk_bytes, offset=offset)
+        accumulate(total, terms, chunk_bytes=chunk_bytes, offset=offset, drain=drain)

@@ -8,6 +8,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -161,6 +162,43 @@ def test_stochastic_rounding_is_unbiased():
     value = 0.5 * 2.0**-p  # exactly half a step
     words = encoding.encode(torch.full((200_000,), value, dtype=torch.float64), contributors=4)
     assert 0.49 < words.double().mean().item() < 0.51
+
+
+@pytest.mark.parametrize("ring_bits", [32, 64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_encoding_one_chunk_at_a_time_inside_the_masking_pass_equals_encoding_whole(
+    ring_bits, dtype
+):
+    """The fused path of a step (encoder() as accumulate's fill, decoder() as its drain) gives
+    the words of encode() and the floats of decode() bit for bit, for lengths that end inside a
+    chunk of either pass, and the masks it adds on the way cancel exactly."""
+    from secagg.hazmat.prg import MaskTerm, accumulate
+
+    encoding = GradientEncoding(clip=2.0, ring_bits=ring_bits)
+    word = np.uint32 if ring_bits == 32 else np.uint64
+    seed = os.urandom(32)
+    for size in (1, 999, 32_768, 70_001):
+        values = 3 * torch.randn(size, dtype=dtype)
+        values[0] = 5.0  # beyond the clip
+        with pytest.warns(ClippedValuesWarning):
+            whole = encoding.encode(values, contributors=4, random_bytes=_repeat(seed))
+        fused = torch.zeros(size, dtype=encoding.dtype)
+        key = os.urandom(32)
+        with pytest.warns(ClippedValuesWarning):
+            fill = encoding.encoder(values, contributors=4, random_bytes=_repeat(seed))
+        accumulate(fused.numpy().view(word), [MaskTerm(key)], chunk_bytes=4096, fill=fill)
+        assert not torch.equal(fused, whole)  # masked
+        decoded = torch.empty(size, dtype=dtype)
+        drain = encoding.decoder(decoded, contributors=4)
+        words = fused.numpy().view(word)
+        accumulate(words, [MaskTerm(key, subtract=True)], chunk_bytes=1024, drain=drain)
+        assert torch.equal(fused, whole)
+        assert torch.equal(decoded, encoding.decode(whole, contributors=4, dtype=dtype))
+
+
+def _repeat(seed: bytes):
+    """A random_bytes that always answers ``seed`` (two encodings draw the same rounding bits)."""
+    return lambda count: seed[:count]
 
 
 def test_clipping_warns_with_the_count_and_non_finite_values_are_refused():

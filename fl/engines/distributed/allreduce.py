@@ -240,12 +240,26 @@ class SecureAllReduce:
                     "tensors (integers would be rounded into the fixed-point ring)"
                 )
         flat = _flatten(items)
+        if len(items) == 1 and _decodable_in_place(items[0]):
+            return self.reduce(flat, out=flat)[1]  # decoded straight into the caller's tensor
         total, report = self.reduce(flat)
         _unflatten_into(total, items)
         return report
 
-    def reduce(self, values: torch.Tensor) -> tuple[torch.Tensor, ReduceReport]:
-        """The sum over the contributing ranks of a 1-D float tensor, as a new float tensor."""
+    def reduce(
+        self, values: torch.Tensor, *, out: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ReduceReport]:
+        """The sum over the contributing ranks of a 1-D float tensor.
+
+        Args:
+            values: this rank's vector.
+            out: where to write the sum (``values`` itself is allowed: it is read only before
+                the sum is written); a new tensor of ``values``' dtype when None.
+        """
+        if out is not None and (out.shape != values.shape or not _decodable_in_place(out)):
+            raise InputError(
+                f"out must be a contiguous CPU float32/float64 tensor of shape {values.shape}"
+            )
         started = time.perf_counter()
         step = self._step
         self._step += 1
@@ -254,7 +268,7 @@ class SecureAllReduce:
         retried = 0
         while True:
             session = self._ensure_session(step, timer)
-            outcome = self._attempt(session, values, step, timer)
+            outcome = self._attempt(session, values, step, timer, out)
             if outcome is not None:
                 break
             retried += 1
@@ -327,17 +341,22 @@ class SecureAllReduce:
     # -- one attempt ------------------------------------------------------------------------------
 
     def _attempt(
-        self, session: Session, values: torch.Tensor, step: int, timer: _Timer
+        self,
+        session: Session,
+        values: torch.Tensor,
+        step: int,
+        timer: _Timer,
+        out: torch.Tensor | None,
     ) -> tuple[torch.Tensor, tuple[int, ...]] | None:
         """One try at the step in ``session``: the decoded sum, or None after a RETRY."""
         started = time.perf_counter()
         n, d = len(session.ranks), values.numel()
         ring = self._ring_buffer(d)
-        self.encoding.encode(values, contributors=n, out=ring, random_bytes=self._random)
+        fill = self.encoding.encoder(values, contributors=n, random_bytes=self._random)
         context = StepContext.every_member(session.config, step=session.steps, length=d)
         session.steps += 1
         base = f"g{session.generation}/s{context.step}"
-        offer = session.member.mask(context, ring.numpy().view(self._word))
+        offer = session.member.mask(context, ring.numpy().view(self._word), fill=fill)
         self.channel.post(f"{base}/offer/{self.rank}", offer)
         mine = [f"{base}/{kind}/{self.rank}" for kind in ("offer", "status", "seed")]
         if self.rank == session.ranks[0]:  # the step's shared keys: one member removes them
@@ -422,12 +441,17 @@ class SecureAllReduce:
             self._recover(session, context, unmasker, base, recover_bytes, offers, lost, step)
         started = timer.add("control", started)
 
-        total = self._unmask(session, unmasker, ring, values.dtype)
+        total = self._unmask(session, unmasker, ring, values.dtype, out)
         timer.add("unmask", started)
         return total, lost
 
     def _unmask(
-        self, session: Session, unmasker, ring: torch.Tensor, dtype: torch.dtype
+        self,
+        session: Session,
+        unmasker,
+        ring: torch.Tensor,
+        dtype: torch.dtype,
+        out: torch.Tensor | None,
     ) -> torch.Tensor:
         """The decoded sum: each member removes the self masks from its slice of the sum only,
         and the members all-gather the decoded slices (n times less keystream per rank than
@@ -439,8 +463,9 @@ class SecureAllReduce:
         words = ring.numpy().view(self._word)
         compute = torch.float64 if dtype == torch.float64 else torch.float32
         if d < self._shared_unmask_words or n < self.shared_unmask_ranks:
-            unmasker.unmask(words)
-            return self.encoding.decode(ring, contributors=n, dtype=compute).to(dtype)
+            total = torch.empty(d, dtype=compute) if out is None or out.dtype != compute else out
+            unmasker.unmask(words, drain=self.encoding.decoder(total, contributors=n))
+            return _into(total.to(dtype), out)
         block = 16 // words.itemsize
         chunk = math.ceil(math.ceil(d / n) / block) * block  # d / n, in whole AES blocks
         me = session.ranks.index(self.rank)
@@ -458,8 +483,8 @@ class SecureAllReduce:
                 unmasker.unmask(words[:start])
             if stop < d:
                 unmasker.unmask(words[stop:], offset=stop)
-            return self.encoding.decode(ring, contributors=n, dtype=compute).to(dtype)
-        return gathered[:d].to(dtype)
+            return _into(self.encoding.decode(ring, contributors=n, dtype=compute).to(dtype), out)
+        return _into(gathered[:d].to(dtype), out)
 
     def _recover(self, session, context, unmasker, base, decision, offers, lost, step) -> None:
         """Rebuild the seeds of ``lost`` ranks from the others' shares; exclude them next."""
@@ -581,6 +606,24 @@ def _flatten(tensors: list[torch.Tensor]) -> torch.Tensor:
     if len(tensors) == 1:
         return tensors[0].detach().reshape(-1)
     return torch.cat([t.detach().reshape(-1).to("cpu") for t in tensors])
+
+
+def _decodable_in_place(tensor: torch.Tensor) -> bool:
+    return (
+        tensor.device.type == "cpu"
+        and tensor.dtype in (torch.float32, torch.float64)
+        and tensor.is_contiguous()
+        and not tensor.requires_grad
+    )
+
+
+def _into(total: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """``total`` written to ``out`` (when given and not the same memory)."""
+    if out is None or total.data_ptr() == out.data_ptr():
+        return total
+    with torch.no_grad():
+        out.copy_(total)
+    return out
 
 
 def _unflatten_into(total: torch.Tensor, tensors: list[torch.Tensor]) -> None:

@@ -34,13 +34,14 @@ import numpy as np
 import torch
 
 from fl.errors import ClippedValuesWarning, InputError
-from secagg.hazmat.prg import MaskTerm, accumulate
+from secagg.hazmat.prg import SEED_BYTES, ChunkHook, KeystreamReader
 from secagg.randomness import RandomSource
 
 __all__ = ["GradientEncoding"]
 
 _MAX_SCALED_BITS = 40
 _UNIFORM_BITS = 24
+_CHUNK = 1 << 15  # values per pass: the rounding's five work buffers fit the L2 cache
 
 
 @dataclass(frozen=True)
@@ -135,10 +136,54 @@ class GradientEncoding:
             out = torch.empty(flat.size, dtype=self.dtype)
         if out.dtype != self.dtype or out.shape != (flat.size,) or not out.is_contiguous():
             raise InputError(f"out must be a contiguous {self.dtype} tensor of {flat.size} words")
-        if flat.size == 0:
-            return out
-        work = self._work(flat.size, flat.dtype)
-        low, high = float(flat.min()), float(flat.max())
+        self._filler(flat, contributors, random_bytes)(0, out.numpy())
+        return out
+
+    def encoder(
+        self, values: torch.Tensor, *, contributors: int, random_bytes: RandomSource = os.urandom
+    ) -> ChunkHook:
+        """:meth:`encode` one chunk at a time, as the ``fill`` of a masking pass.
+
+        The values are checked now (the same errors and warning as :meth:`encode`); the returned
+        ``fill(start, segment)`` writes the ring words of ``values[start:start + len(segment)]``
+        into ``segment`` (a ``uint32``/``uint64`` array). Call it once per chunk, front to back:
+        the rounding bits are one stream, and the words equal :meth:`encode`'s for the same
+        ``random_bytes``.
+        """
+        return self._filler(_as_numpy(values), contributors, random_bytes)
+
+    def decode(
+        self, total: torch.Tensor, *, contributors: int, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """The float sum (a new tensor of ``dtype``) from the ring sum of ``contributors``
+        encoded vectors."""
+        compute = torch.float64 if dtype == torch.float64 else torch.float32
+        result = torch.empty(total.numel(), dtype=compute)
+        self.decoder(result, contributors=contributors)(0, total.reshape(-1).numpy())
+        return result.to(dtype)
+
+    def decoder(self, out: torch.Tensor, *, contributors: int) -> ChunkHook:
+        """:meth:`decode` one chunk at a time, as the ``drain`` of an unmasking pass:
+        ``drain(start, segment)`` writes the float sum of the ring words ``segment`` into
+        ``out[start:start + len(segment)]`` (``out``: a contiguous CPU float32/float64 tensor)."""
+        if out.dtype not in (torch.float32, torch.float64) or not out.is_contiguous():
+            raise InputError(f"out must be a contiguous float32 or float64 tensor, got {out.dtype}")
+        result = out.detach().reshape(-1).numpy()
+        signed = np.int32 if self.ring_bits == 32 else np.int64
+        factor = result.dtype.type(2.0 ** -self.precision_bits(contributors))
+
+        def drain(start: int, segment: np.ndarray) -> None:
+            piece = result[start : start + segment.size]
+            piece[...] = segment.view(signed)
+            piece *= factor  # a power of two: exact
+
+        return drain
+
+    def _filler(self, flat: np.ndarray, contributors: int, random_bytes: RandomSource) -> ChunkHook:
+        if flat.size:
+            low, high = float(flat.min()), float(flat.max())
+        else:
+            low = high = 0.0
         if not (math.isfinite(low) and math.isfinite(high)):
             bad = int(np.count_nonzero(~np.isfinite(flat)))
             raise InputError(
@@ -151,36 +196,27 @@ class GradientEncoding:
                 f"{count} of {flat.size} values were beyond [-{self.clip}, {self.clip}] "
                 f"(largest magnitude {max(high, -low):.4g}) and were clipped; raise clip",
                 ClippedValuesWarning,
-                stacklevel=2,
+                stacklevel=3,  # the caller of encode() or encoder()
             )
-        scaled, rounded, uniform = work.scaled, work.rounded, work.uniform
-        np.clip(flat, -self.clip, self.clip, out=scaled)
-        scaled *= 2.0 ** self.precision_bits(contributors)  # exact: a power of two
-        np.floor(scaled, out=rounded)
-        scaled -= rounded  # the fraction, exact (|scaled| < 2^40 fits the float's mantissa)
-        _uniform_into(uniform, work.words, random_bytes)
-        rounded += np.less(uniform, scaled)  # up with probability = the fraction
-        out.numpy()[...] = rounded
-        return out
+        scale = flat.dtype.type(2.0 ** self.precision_bits(contributors))  # a power of two: exact
+        work = self._work(flat.dtype)
+        uniforms = KeystreamReader(random_bytes(SEED_BYTES))  # one stream for the whole vector
+        signed = np.int32 if self.ring_bits == 32 else np.int64
 
-    def decode(
-        self, total: torch.Tensor, *, contributors: int, dtype: torch.dtype = torch.float32
-    ) -> torch.Tensor:
-        """The float sum (a new tensor of ``dtype``) from the ring sum of ``contributors``
-        encoded vectors."""
-        compute = np.float64 if dtype == torch.float64 else np.float32
-        result = np.empty(total.numel(), dtype=compute)
-        result[...] = total.reshape(-1).numpy()
-        result *= 2.0 ** -self.precision_bits(contributors)
-        return torch.from_numpy(result).to(dtype)
+        def fill(start: int, segment: np.ndarray) -> None:
+            words = segment.view(signed)
+            for offset in range(0, words.size, _CHUNK):
+                piece = words[offset : offset + _CHUNK]
+                values = flat[start + offset : start + offset + piece.size]
+                work.round_into(values, scale, self.clip, uniforms, piece)
 
-    def _work(self, size: int, dtype: np.dtype) -> _Scratch:
-        """Work buffers reused across calls of one length (fresh pages cost more than the
-        arithmetic)."""
-        work = self._scratch.get((size, np.dtype(dtype)))
+        return fill
+
+    def _work(self, dtype: np.dtype) -> _Rounding:
+        """Work buffers reused across calls (fresh pages cost more than the arithmetic)."""
+        work = self._scratch.get(np.dtype(dtype))
         if work is None:
-            self._scratch.clear()
-            work = self._scratch[(size, np.dtype(dtype))] = _Scratch(size, dtype)
+            work = self._scratch[np.dtype(dtype)] = _Rounding(np.dtype(dtype))
         return work
 
 
@@ -193,20 +229,43 @@ def _as_numpy(values: torch.Tensor) -> np.ndarray:
     return flat.numpy()
 
 
-class _Scratch:
-    """Work buffers for one encoding (float scratch of the input's type, random words)."""
+class _Rounding:
+    """Stochastic rounding of one chunk at a time, in buffers small enough to stay in cache.
 
-    def __init__(self, size: int, dtype: np.dtype) -> None:
-        self.scaled = np.empty(size, dtype=dtype)
-        self.rounded = np.empty(size, dtype=dtype)
-        self.uniform = np.empty(size, dtype=dtype)
-        self.words = np.empty(size, dtype=np.uint32)
+    Every pass of the arithmetic reads and writes its chunk in the core's own cache; only the
+    input and the output words cross to memory once. With whole-vector buffers each pass went to
+    memory, and ranks sharing a machine stalled on its bandwidth (BENCHMARKS.md).
+    """
 
+    def __init__(self, dtype: np.dtype) -> None:
+        self.scaled = np.empty(_CHUNK, dtype=dtype)
+        self.rounded = np.empty(_CHUNK, dtype=dtype)
+        self.uniform = np.empty(_CHUNK, dtype=dtype)
+        self.up = np.empty(_CHUNK, dtype=bool)
+        self.raw = bytearray(_CHUNK * 4 + KeystreamReader.SLACK)
+        self.words = np.frombuffer(self.raw, dtype="<u4", count=_CHUNK)
+        self.step = dtype.type(2.0**-_UNIFORM_BITS)
 
-def _uniform_into(out: np.ndarray, words: np.ndarray, random_bytes: RandomSource) -> None:
-    """Fill ``out`` with uniforms in [0, 1) of 24 random bits each (AES-CTR keyed by the OS)."""
-    words[...] = 0
-    accumulate(words, [MaskTerm(random_bytes(32))])  # 0 + keystream = the keystream
-    words &= np.uint32((1 << _UNIFORM_BITS) - 1)
-    out[...] = words
-    out *= 2.0**-_UNIFORM_BITS
+    def round_into(
+        self,
+        values: np.ndarray,
+        scale: np.floating,
+        clip: float,
+        uniforms: KeystreamReader,
+        out: np.ndarray,
+    ) -> None:
+        """``out = SR(clip(values) * scale)``, the uniforms read from ``uniforms``."""
+        size = values.size
+        scaled, rounded, uniform = self.scaled[:size], self.rounded[:size], self.uniform[:size]
+        words, up = self.words[:size], self.up[:size]
+        np.clip(values, -clip, clip, out=scaled)
+        scaled *= scale
+        np.floor(scaled, out=rounded)
+        scaled -= rounded  # the fraction, exact (|scaled| < 2^40 fits the float's mantissa)
+        uniforms.read_into(self.raw, 4 * size)
+        words &= np.uint32((1 << _UNIFORM_BITS) - 1)
+        uniform[...] = words
+        uniform *= self.step  # uniforms in [0, 1) of 24 random bits each
+        np.less(uniform, scaled, out=up)
+        rounded += up  # up with probability = the fraction
+        out[...] = rounded

@@ -103,3 +103,40 @@ def test_bad_arguments():
         prg.accumulate(np.zeros(4, dtype=np.uint32), [prg.MaskTerm(bytes(32))], chunk_bytes=10)
     with pytest.raises(ValueError):
         prg.accumulate(np.zeros(4, dtype=np.uint32), [prg.MaskTerm(bytes(16))])
+
+
+@settings(max_examples=25, deadline=None)
+@given(size=st.integers(1, 2000), chunk_blocks=st.integers(1, 40), count=st.integers(0, 3))
+def test_fill_and_drain_see_every_chunk_once_in_order(size, chunk_blocks, count):
+    """fill writes each chunk's plain words before the masks are added, drain reads each chunk
+    after: together they equal writing the whole vector, masking it, then reading it (with no
+    terms at all, the hooks still run)."""
+    terms = [prg.MaskTerm(bytes([i + 1]) * 32) for i in range(count)]
+    plain = np.arange(size, dtype=np.uint32) * np.uint32(2654435761)
+    out = np.zeros(size, dtype=np.uint32)
+    starts, drained = [], np.zeros(size, dtype=np.uint32)
+
+    def fill(start, segment):
+        starts.append(start)
+        segment[...] = plain[start : start + segment.size]
+
+    def drain(start, segment):
+        drained[start : start + segment.size] = segment
+
+    prg.accumulate(out, terms, chunk_bytes=16 * chunk_blocks, fill=fill, drain=drain)
+    expected = plain + _naive(terms, size, np.uint32)
+    assert starts == list(range(0, size, 4 * chunk_blocks))
+    assert np.array_equal(out, expected) and np.array_equal(drained, expected)
+
+
+def test_keystream_reader_reads_into_a_buffer_as_it_reads_bytes():
+    """read_into continues the same stream as calling the reader, and refuses a buffer without
+    the slack OpenSSL writes into."""
+    seed = os.urandom(32)
+    reader = prg.KeystreamReader(seed)
+    buffer = bytearray(100 + prg.KeystreamReader.SLACK)
+    first = reader(7)
+    reader.read_into(buffer, 100)
+    assert first + bytes(buffer[:100]) == prg.keystream(seed, 107)
+    with pytest.raises(ValueError, match="buffer"):
+        reader.read_into(bytearray(100), 100)
