@@ -453,6 +453,27 @@ def test_secure_flags_reach_the_configuration():
     assert _run_config(args).secure.identities is False
 
 
+def test_a_config_file_is_validated_together_with_the_command_lines_flags(tmp_path):
+    """A file whose training.min_clients only fits with the command line's --clients is
+    accepted (file and flags are checked as one whole), by run and by sweep; without the flag
+    the same file is refused, naming the key and the bound."""
+    from fl.cli.main import _run_config, _sweep_config
+    from fl.core.config import ConfigError, load_config
+
+    config = tmp_path / "scale.toml"
+    config.write_text("[training]\nmin_clients = 800\n")
+    args = build_parser().parse_args(
+        ["run", "--config", str(config), "--clients", "10000", "--per-round", "1000"]
+    )
+    training = _run_config(args).training
+    assert (training.clients, training.min_clients, training.per_round) == (10_000, 800, 1000)
+    args = build_parser().parse_args(["sweep", "--config", str(config), "--clients", "10000"])
+    assert _sweep_config(args).training.min_clients == 800
+    with pytest.raises(ConfigError, match=r"training\.min_clients"):
+        load_config(config)
+    assert load_config(config, {"training.clients": 10_000}).training.min_clients == 800
+
+
 def test_every_help_shows_defaults_and_no_escaped_percent():
     """Each option of each subcommand names its default in --help; no literal "%%"."""
     parser = build_parser()

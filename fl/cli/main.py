@@ -477,7 +477,7 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
         )
     from fl.core.config import load_config
 
-    config = load_config(args.config) if args.config else RunConfig()
+    config = load_config(args.config, overrides) if args.config else RunConfig()
     _check_privacy_flags(args, PrivacyLevel(args.dp or config.privacy.level))
     config = config.with_overrides({**overrides, "out": args.out or config.out})
     if config.out is None:
@@ -583,6 +583,23 @@ def _add_sweep_parser(
     )
 
 
+def _sweep_config(args: argparse.Namespace) -> RunConfig:
+    """The configuration every point of a sweep shares: --config with the size flags."""
+    from fl.core.config import load_config
+
+    overrides = {
+        key: value
+        for key, value in (
+            ("training.rounds", args.rounds),
+            ("training.clients", args.clients),
+            ("training.per_round", args.per_round),
+        )
+        if value is not None
+    }
+    base = load_config(args.config, overrides) if args.config else RunConfig()
+    return base.with_overrides(overrides)
+
+
 def _sweep(args: argparse.Namespace, output: Output) -> int:
     import math
     import time
@@ -597,19 +614,8 @@ def _sweep(args: argparse.Namespace, output: Output) -> int:
         summarise,
         write_outputs,
     )
-    from fl.core.config import load_config
 
-    base = load_config(args.config) if args.config else RunConfig()
-    overrides = {
-        key: value
-        for key, value in (
-            ("training.rounds", args.rounds),
-            ("training.clients", args.clients),
-            ("training.per_round", args.per_round),
-        )
-        if value is not None
-    }
-    base = base.with_overrides(overrides)
+    base = _sweep_config(args)
     level = args.level
     names = ",".join(v.value for v in level)
     out = Path(args.out or time.strftime("runs/sweep-%Y%m%d-%H%M%S"))

@@ -787,18 +787,27 @@ class RunConfig:
 
     def with_overrides(self, overrides: dict[str, Any]) -> RunConfig:
         """A copy with dotted keys replaced, e.g. ``{"training.rounds": 5}``; validated again."""
-        values = self.to_dict()
-        for dotted, value in overrides.items():
-            target = values
-            *parents, last = dotted.split(".")
-            for parent in parents:
-                target = target.setdefault(parent, {})
-            target[last] = value.value if isinstance(value, Enum) else value
-        return RunConfig.from_dict(values)
+        return RunConfig.from_dict(_with_dotted(self.to_dict(), overrides))
 
 
-def parse_toml(text: str, *, source: str = "--config") -> RunConfig:
-    """Validate a configuration given as TOML text.
+def _with_dotted(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``values`` (nested dicts, changed in place) with dotted keys such as
+    ``"training.rounds"`` set."""
+    for dotted, value in overrides.items():
+        target = values
+        *parents, last = dotted.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[last] = value.value if isinstance(value, Enum) else value
+    return values
+
+
+def parse_toml(
+    text: str, *, source: str = "--config", overrides: dict[str, Any] | None = None
+) -> RunConfig:
+    """Validate a configuration given as TOML text, with ``overrides`` (dotted keys, e.g. the
+    command line's) applied first: the file and its overrides are checked as one whole, so a
+    file's ``training.min_clients = 800`` is valid with ``--clients 10000`` on the command line.
 
     Raises:
         ConfigError: not TOML, or invalid values.
@@ -808,13 +817,14 @@ def parse_toml(text: str, *, source: str = "--config") -> RunConfig:
     except tomllib.TOMLDecodeError as error:
         raise ConfigFileError(source, f"not valid TOML ({error}); fix the file") from None
     try:
-        return RunConfig.from_dict(values)
+        return RunConfig.from_dict(_with_dotted(values, overrides or {}))
     except ConfigError as error:
         raise error.in_file(source) from None
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read and validate a TOML configuration file.
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read and validate a TOML configuration file, with ``overrides`` (dotted keys) applied
+    before validation (:func:`parse_toml`).
 
     Raises:
         ConfigFileError: the file is missing, unreadable or not TOML.
@@ -830,4 +840,4 @@ def load_config(path: str | Path) -> RunConfig:
     except (OSError, UnicodeDecodeError) as error:
         reason = getattr(error, "strerror", None) or str(error)
         raise ConfigFileError(str(path), f"cannot be read ({reason})") from None
-    return parse_toml(text, source=str(path))
+    return parse_toml(text, source=str(path), overrides=overrides)
