@@ -477,8 +477,45 @@ def plan_client_level(
         plan = ClientLevelPlan(
             sampling_rate=rate, noise_multiplier=z, max_participations=cap, cohort_sizes=sizes
         )
+        _warn_if_calibrated_for_small_cohorts(config, plan, dimension, policy)
     _warn_if_noise_dominates(config, plan, dimension)
     return plan
+
+
+def _warn_if_calibrated_for_small_cohorts(
+    config: RunConfig,
+    plan: ClientLevelPlan,
+    dimension: int,
+    policy: secagg.ClientPolicy | None,
+) -> None:
+    """Warn when the smallest cohort the calibration covers (``training.min_clients``) sets the
+    noise and a run of rounds of the expected size would spend less than 3/4 of the target: fewer
+    clients certify less of the distributed noise, so every round carries more noise than it
+    needs (at 10,000 clients, 1,000 per round, 100 rounds, epsilon 4: noise multiplier 12.1
+    calibrated from 3 clients up, 6.8 from 800 up)."""
+    low, _ = plan.cohort_sizes
+    expected = config.training.cohort_size
+    if low >= expected:
+        return
+    typical = client_level_claim(
+        config, replace(plan, cohort_sizes=(expected, expected)), dimension, policy=policy
+    )
+    target = config.privacy.epsilon
+    if typical >= 0.75 * target:
+        return
+    clients = config.training.clients
+    rate = expected / clients
+    floor = max(low, math.floor(expected - 6 * math.sqrt(clients * rate * (1 - rate))))
+    warnings.warn(
+        f"client-level noise is calibrated for rounds of as few as {low} clients "
+        f"(training.min_clients), whose members certify less of the distributed noise; rounds of "
+        f"the expected {expected} clients would spend only {typical:.3g} of the target epsilon "
+        f"{target:g} ({typical / target:.0%}), carrying more noise than they need. Raise "
+        f"training.min_clients towards {floor} (a Poisson cohort falls below it with probability under 1e-9; such a round is "
+        "skipped) to calibrate for the rounds the run will see.",
+        PrivacyWarning,
+        stacklevel=3,
+    )
 
 
 def _warn_if_noise_dominates(config: RunConfig, plan: ClientLevelPlan, dimension: int) -> None:

@@ -2,6 +2,7 @@
 the budget stop, resume, sweeps, and errors before training."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -652,3 +653,35 @@ def test_client_level_noise_follows_the_run_s_policy(tmp_path):
     entries = json.loads((result.out / "privacy.json").read_text())["client_entries"]
     assert entries and all(e["corrupt"] == 0 for e in entries)
     assert all(e["noise_shares"] == e["threshold"] for e in entries)
+
+
+def test_a_calibration_set_by_tiny_cohorts_warns_with_the_floor_that_fixes_it():
+    """10,000 clients, 1,000 per round, epsilon 4: calibrated from cohorts of 3 up (the
+    default training.min_clients) the noise multiplier is 12.1, and a run of 1,000-client rounds
+    would spend about half the target: a PrivacyWarning names the spend and the floor to raise
+    to. Calibrated from 800 up (noise multiplier 6.8) it spends the target and nothing warns."""
+    from dataclasses import replace as replaced
+
+    from dp.errors import PrivacyWarning
+    from fl.core import privacy
+
+    config = RunConfig().with_overrides(
+        {
+            "privacy.level": "client",
+            "privacy.epsilon": 4.0,
+            "privacy.delta": 1e-6,
+            "training.clients": 10_000,
+            "training.per_round": 1000,
+            "training.rounds": 100,
+        }
+    )
+    cap = privacy.participation_cap(10_000, 100, 0.1)
+    plan = privacy.ClientLevelPlan(0.1, 12.09, cap, (3, 1218))
+    with pytest.warns(PrivacyWarning, match=r"as few as 3 clients.*towards 820") as caught:
+        privacy._warn_if_calibrated_for_small_cohorts(config, plan, 4810, None)
+    spent = float(str(caught[0].message).split("spend only ")[1].split()[0])
+    assert 1.5 < spent < 3.0
+    calibrated = replaced(plan, noise_multiplier=6.76, cohort_sizes=(800, 1218))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        privacy._warn_if_calibrated_for_small_cohorts(config, calibrated, 4810, None)
