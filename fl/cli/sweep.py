@@ -21,6 +21,7 @@ import csv
 import json
 import math
 import multiprocessing
+import os
 import statistics
 import warnings
 from collections.abc import Callable, Sequence
@@ -41,6 +42,7 @@ __all__ = [
     "SweepRow",
     "parse_epsilons",
     "plan_sweep",
+    "process_pool",
     "run_sweep",
     "summarise",
 ]
@@ -240,6 +242,19 @@ def _run_point(point: SweepPoint) -> tuple[SweepRow | SweepRefusal, list[str]]:
     return _row(point, result.summary), [str(w.message) for w in caught]
 
 
+def process_pool(jobs: int) -> ProcessPoolExecutor:
+    """``jobs`` spawned processes that exit when this process dies, even by SIGKILL (a sweep
+    stopped with ``kill`` leaves no point training on; rerun the sweep to resume it)."""
+    from fl.engines.pool.processes import die_with_parent
+
+    return ProcessPoolExecutor(
+        max_workers=max(1, jobs),
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=die_with_parent,
+        initargs=(os.getpid(),),
+    )
+
+
 def run_sweep(
     points: Sequence[SweepPoint],
     *,
@@ -270,8 +285,7 @@ def run_sweep(
         else:
             pending.append(point)
     if pending:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=context) as pool:
+        with process_pool(jobs) as pool:
             futures = [pool.submit(_run_point, point) for point in pending]
             for future in as_completed(futures):
                 outcome, messages = future.result()

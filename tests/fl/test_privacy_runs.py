@@ -2,6 +2,7 @@
 the budget stop, resume, sweeps, and errors before training."""
 
 import json
+import os
 import warnings
 
 import numpy as np
@@ -685,3 +686,71 @@ def test_a_calibration_set_by_tiny_cohorts_warns_with_the_floor_that_fixes_it():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         privacy._warn_if_calibrated_for_small_cohorts(config, calibrated, 4810, None)
+
+
+def test_a_killed_sweep_leaves_no_point_training(tmp_path):
+    """SIGKILL on the sweep's process stops the processes training its points (they would
+    otherwise go on burning the cores with nothing to report to); the same busy workers in a
+    plain process pool outlive their parent, which shows the test can fail."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+    from pathlib import Path
+
+    script = tmp_path / "sweeper.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, sys, time
+            from concurrent.futures import ProcessPoolExecutor
+            import multiprocessing
+
+            def busy(path):
+                with open(path, "w") as handle:
+                    handle.write(str(os.getpid()))
+                time.sleep(600)
+
+            if __name__ == "__main__":
+                if sys.argv[1] == "sweep":
+                    from fl.cli.sweep import process_pool
+                    pool = process_pool(1)
+                else:
+                    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+                pool.submit(busy, sys.argv[2])
+                time.sleep(600)
+            """
+        )
+    )
+    root = Path(__file__).resolve().parents[2]
+    survived = {}
+    for kind in ("sweep", "plain"):
+        marker = tmp_path / f"{kind}.pid"
+        parent = subprocess.Popen(
+            [sys.executable, str(script), kind, str(marker)],
+            env={**os.environ, "PYTHONPATH": str(root)},
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while not (marker.exists() and marker.read_text()) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            worker = int(marker.read_text())
+        finally:
+            parent.send_signal(signal.SIGKILL)
+            parent.wait()
+        deadline = time.monotonic() + 15
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        survived[kind] = _alive(worker)
+        if survived[kind]:
+            os.kill(worker, signal.SIGKILL)
+    assert survived == {"sweep": False, "plain": True}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

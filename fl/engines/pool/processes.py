@@ -73,7 +73,7 @@ def worker_count(requested: int, cohort: int) -> int:
     return max(1, min(requested, cohort // MIN_CLIENTS_PER_WORKER))
 
 
-def _die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int) -> None:
     """On Linux, ask for SIGTERM when the parent dies (best effort), and exit if it already has."""
     if sys.platform.startswith("linux"):
         try:
@@ -103,7 +103,7 @@ def _describe(error: BaseException, shard: Any) -> dict[str, Any]:
 def _serve(conn: Connection, parent: int) -> None:
     """A worker's loop: run commands on its :class:`~fl.engines.pool.shard.ClientShard`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent(parent)
+    die_with_parent(parent)
     import torch
 
     torch.set_num_threads(1)
