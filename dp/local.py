@@ -26,7 +26,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from dp.errors import PrivacyConfigError
 
-__all__ = ["SECRET_SEED_BYTES", "PrivateTrainingResult", "make_trainable", "train_privately"]
+__all__ = [
+    "SECRET_SEED_BYTES",
+    "PrivateTrainingResult",
+    "make_trainable",
+    "secret_generators",
+    "train_privately",
+]
 
 SECRET_SEED_BYTES = 16
 """Bytes of secret seed a caller draws (from ``os.urandom``) for the sampling and the noise."""
@@ -39,6 +45,17 @@ def _generator_seeds(seed: int | bytes) -> tuple[int, int]:
     entropy = int.from_bytes(seed, "little") if isinstance(seed, bytes) else int(seed)
     words = np.random.SeedSequence(entropy).generate_state(2, np.uint64)
     return int(words[0]), int(words[1])
+
+
+def secret_generators(
+    seed: int | bytes, device: torch.device | str = "cpu"
+) -> tuple[torch.Generator, torch.Generator]:
+    """The Poisson sampling's generator (CPU) and the noise's (on ``device``), from one secret."""
+    sampling_seed, noise_seed = _generator_seeds(seed)
+    return (
+        torch.Generator().manual_seed(sampling_seed),
+        torch.Generator(device=device).manual_seed(noise_seed),
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -128,9 +145,7 @@ def train_privately(
     local = copy.deepcopy(model).to(device)
     local.train()
     dataset = TensorDataset(torch.as_tensor(x), torch.as_tensor(y))
-    sampling_seed, noise_seed = _generator_seeds(seed)
-    sampling = torch.Generator().manual_seed(sampling_seed)
-    noise = torch.Generator(device=device).manual_seed(noise_seed)
+    sampling, noise = secret_generators(seed, device)
     if sampling_rate is None:
         loader = DataLoader(dataset, batch_size=min(batch_size, len(dataset)), generator=sampling)
     else:

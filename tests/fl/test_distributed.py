@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 
 import pytest
+import torch
 
 from tests.fl import distributed_workers as workers
 from tests.fl.distributed_harness import run_ranks, values
@@ -152,3 +153,49 @@ def test_the_ddp_hook_gives_the_plain_hooks_model_after_one_epoch():
         assert result["contributors"] == [4] and result["steps"] == 12
         assert all(r["released"] and r["cohort"] == [0, 1, 2, 3] for r in result["engine"])
     assert len({tuple(r["engine_parameters"]) for r in results}) == 1
+
+
+def test_per_rank_dp_sgd_sums_every_ranks_noise_securely_and_accounts_it():
+    """make_private_rank on 4 ranks. One step at noise multiplier 50: the secure sum equals the
+    plain sum of the ranks' noisy gradients (within the encoding), and its noise has sqrt(4)
+    times the standard deviation of one rank's draw, so every rank added its own full noise (a
+    rank-0-only noise, as in Opacus' distributed optimizer, would give half of it). Then 3
+    epochs on digits at multiplier 1: every rank holds the same model, well above chance, and
+    each rank's ledger gives the epsilon Opacus' own RDP accountant gives for its steps."""
+    results = values(run_ranks(workers.private_dpsgd, 4, timeout=180.0, epochs=3))
+    for result in results:
+        assert result["secure_minus_plain"] <= 4 * 2.0 ** -result["precision_bits"], result
+        assert result["sum_moved"] < 1e-5, result  # the step applied the secure sum's mean
+        ratio = result["heavy_sum_std"] / (2 * result["heavy_expected_std"])
+        assert 0.85 < ratio < 1.15, result  # 650 coordinates: the std is known to within ~3%
+        assert result["steps"] == 33 and abs(result["sampling_rate"] - 1 / 11) < 1e-12
+        assert result["epsilon"] == pytest.approx(result["opacus_epsilon"], rel=1e-9)
+        assert result["ledger_entries"] == 1 and result["accuracy"] > 0.4  # chance is 0.1
+    assert len({tuple(r["parameters"]) for r in results}) == 1
+
+
+def test_per_rank_dp_sgd_refuses_ranks_with_unequal_batches():
+    """A rank with fewer batches per epoch would leave the others waiting in a step it never
+    takes: every rank refuses before training, naming each rank's count."""
+    for result in run_ranks(workers.private_dpsgd, 4, timeout=120.0, epochs=1, uneven=True):
+        assert result.error == "InputError", result
+        assert "{0: 11, 1: 11, 2: 11, 3: 7}" in result.message, result
+
+
+def test_per_rank_dp_sgd_refuses_settings_out_of_range():
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from fl.engines.distributed import make_private_rank
+    from fl.errors import InputError
+
+    model = nn.Linear(2, 2)
+    loader = DataLoader(TensorDataset(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long)))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for settings in (
+        {"noise_multiplier": 0.0, "max_grad_norm": 1.0, "delta": 1e-5},
+        {"noise_multiplier": 1.0, "max_grad_norm": -1.0, "delta": 1e-5},
+        {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 1.0},
+    ):
+        with pytest.raises(InputError):
+            make_private_rank(model, optimizer, loader, **settings)

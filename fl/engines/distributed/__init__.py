@@ -7,7 +7,9 @@
   existing ``DistributedDataParallel`` model is secure by one line;
 * :class:`DistributedEngine` - the four steps of :class:`fl.engines.base.Engine` on ranks;
 * :class:`ParameterServer` / :class:`AsyncWorker` - asynchronous SGD with a buffer of K masked
-  contributions.
+  contributions;
+* :func:`make_private_rank` - sample-level DP-SGD (Opacus) on every rank, the noisy gradients
+  summed securely, each rank's epsilon in its own ledger.
 
 SECURITY.md ("Secure data-parallel training") states what is protected and under which
 conditions; README's section of the same name shows the one-line change.
@@ -31,6 +33,9 @@ _EXPORTS = {
     "register_secure_hook": "fl.engines.distributed.hook",
     "secure_allreduce_hook": "fl.engines.distributed.hook",
     "DistributedEngine": "fl.engines.distributed.engine",
+    "PrivateRank": "fl.engines.distributed.private",
+    "SecurePrivateOptimizer": "fl.engines.distributed.private",
+    "make_private_rank": "fl.engines.distributed.private",
     "AsyncWorker": "fl.engines.distributed.asynchronous",
     "ParameterServer": "fl.engines.distributed.asynchronous",
     "staleness_weight": "fl.engines.distributed.asynchronous",

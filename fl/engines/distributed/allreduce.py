@@ -182,6 +182,7 @@ class SecureAllReduce:
             )
         self.encoding = GradientEncoding(clip=clip, ring_bits=ring_bits)
         self.rank = dist.get_rank()
+        self.group = group
         ranks = sorted(dist.get_process_group_ranks(group)) if group is not None else None
         self._candidates = ranks or list(range(dist.get_world_size()))
         if self.rank not in self._candidates:
