@@ -596,8 +596,9 @@ def _sweep_config(args: argparse.Namespace) -> RunConfig:
         )
         if value is not None
     }
-    base = load_config(args.config, overrides) if args.config else RunConfig()
-    return base.with_overrides(overrides)
+    if args.config:
+        return load_config(args.config, overrides)  # the file and the flags checked as one
+    return RunConfig().with_overrides(overrides)
 
 
 def _sweep(args: argparse.Namespace, output: Output) -> int:

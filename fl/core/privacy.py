@@ -511,8 +511,8 @@ def _warn_if_calibrated_for_small_cohorts(
         f"(training.min_clients), whose members certify less of the distributed noise; rounds of "
         f"the expected {expected} clients would spend only {typical:.3g} of the target epsilon "
         f"{target:g} ({typical / target:.0%}), carrying more noise than they need. Raise "
-        f"training.min_clients towards {floor} (a Poisson cohort falls below it with probability under 1e-9; such a round is "
-        "skipped) to calibrate for the rounds the run will see.",
+        f"training.min_clients towards {floor} (a Poisson cohort falls below it with probability "
+        "under 1e-9; such a round is skipped) to calibrate for the rounds the run will see.",
         PrivacyWarning,
         stacklevel=3,
     )

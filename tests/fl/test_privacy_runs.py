@@ -682,7 +682,12 @@ def test_a_calibration_set_by_tiny_cohorts_warns_with_the_floor_that_fixes_it():
         privacy._warn_if_calibrated_for_small_cohorts(config, plan, 4810, None)
     spent = float(str(caught[0].message).split("spend only ")[1].split()[0])
     assert 1.5 < spent < 3.0
+    # the number named is the claim of rounds of exactly the expected 1,000 clients
+    typical = privacy.client_level_claim(config, replaced(plan, cohort_sizes=(1000, 1000)), 4810)
+    assert spent == float(f"{typical:.3g}") and typical < 0.75 * 4.0
     calibrated = replaced(plan, noise_multiplier=6.76, cohort_sizes=(800, 1218))
+    expected_only = replaced(calibrated, cohort_sizes=(1000, 1000))
+    assert privacy.client_level_claim(config, expected_only, 4810) >= 0.75 * 4.0  # no warning due
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         privacy._warn_if_calibrated_for_small_cohorts(config, calibrated, 4810, None)

@@ -34,7 +34,6 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -357,7 +356,9 @@ class SecureAllReduce:
         context = StepContext.every_member(session.config, step=session.steps, length=d)
         session.steps += 1
         base = f"g{session.generation}/s{context.step}"
-        offer = session.member.mask(context, ring.numpy().view(self._word), fill=fill)
+        offer = session.member.mask(
+            context, ring.numpy().view(self.encoding.unsigned_word), fill=fill
+        )
         self.channel.post(f"{base}/offer/{self.rank}", offer)
         mine = [f"{base}/{kind}/{self.rank}" for kind in ("offer", "status", "seed")]
         if self.rank == session.ranks[0]:  # the step's shared keys: one member removes them
@@ -461,7 +462,7 @@ class SecureAllReduce:
         seeds were revealed), are unmasked whole, locally: every member holds the whole masked
         sum and every seed, so the step completes either way."""
         n, d = len(session.ranks), ring.numel()
-        words = ring.numpy().view(self._word)
+        words = ring.numpy().view(self.encoding.unsigned_word)
         compute = torch.float64 if dtype == torch.float64 else torch.float32
         if d < self._shared_unmask_words or n < self.shared_unmask_ranks:
             total = torch.empty(d, dtype=compute) if out is None or out.dtype != compute else out
@@ -575,10 +576,6 @@ class SecureAllReduce:
         return envelope
 
     # -- helpers ----------------------------------------------------------------------------------
-
-    @property
-    def _word(self) -> type:
-        return np.uint32 if self.encoding.ring_bits == 32 else np.uint64
 
     def _ring_buffer(self, length: int) -> torch.Tensor:
         if self._ring is None or self._ring.numel() != length:

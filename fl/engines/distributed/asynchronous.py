@@ -386,9 +386,9 @@ class ParameterServer(_Common):
                 unmasker.recover()
                 self.excluded |= set(lost)
                 excluded += lost
-            unmasker.unmask(total)
-            ring = torch.from_numpy(total.view(np.int32 if config.ring_bits == 32 else np.int64))
-            mean = self.encoding.decode(ring, contributors=len(ranks)).div_(len(ranks))
+            mean = torch.empty(context.length, dtype=torch.float32)
+            unmasker.unmask(total, drain=self.encoding.decoder(mean, contributors=len(ranks)))
+            mean.div_(len(ranks))
             _load_parameters(self.model, _flat_parameters(self.model) - self.lr * mean)
             self.version += 1
             self._publish()
@@ -522,12 +522,12 @@ class AsyncWorker(_Common):
                 contributors=tuple(map(member_id, ranks)),
                 length=flat.numel(),
             )
-            ring = self.encoding.encode(
+            ring = torch.empty(flat.numel(), dtype=self.encoding.dtype)
+            fill = self.encoding.encoder(
                 flat * weight, contributors=len(ranks), random_bytes=self._random
             )
             base = f"b{beta}/a{attempt}"
-            word = np.uint32 if self.encoding.ring_bits == 32 else np.uint64
-            offer = member.mask(context, ring.numpy().view(word))
+            offer = member.mask(context, ring.numpy().view(self.encoding.unsigned_word), fill=fill)
             self.channel.post(f"{base}/offer/{self.rank}", offer)
             self.channel.post(f"{base}/masked/{self.rank}", ring.numpy().tobytes())
             decided = self.channel.wait_one(f"{base}/decision", Deadline(self.timeout * 2))

@@ -84,6 +84,16 @@ class GradientEncoding:
         return torch.int32 if self.ring_bits == 32 else torch.int64
 
     @property
+    def signed_word(self) -> type[np.signedinteger]:
+        """The numpy type of one ring word read as signed (how it decodes): int32 or int64."""
+        return np.int32 if self.ring_bits == 32 else np.int64
+
+    @property
+    def unsigned_word(self) -> type[np.unsignedinteger]:
+        """The numpy type of one ring word as the masks see it: uint32 or uint64."""
+        return np.uint32 if self.ring_bits == 32 else np.uint64
+
+    @property
     def parameters(self) -> bytes:
         """32 bytes naming this encoding; members of one session must share them."""
         return hashlib.sha256(
@@ -169,7 +179,7 @@ class GradientEncoding:
         if out.dtype not in (torch.float32, torch.float64) or not out.is_contiguous():
             raise InputError(f"out must be a contiguous float32 or float64 tensor, got {out.dtype}")
         result = out.detach().reshape(-1).numpy()
-        signed = np.int32 if self.ring_bits == 32 else np.int64
+        signed = self.signed_word
         factor = result.dtype.type(2.0 ** -self.precision_bits(contributors))
 
         def drain(start: int, segment: np.ndarray) -> None:
@@ -201,7 +211,7 @@ class GradientEncoding:
         scale = flat.dtype.type(2.0 ** self.precision_bits(contributors))  # a power of two: exact
         work = self._work(flat.dtype)
         uniforms = KeystreamReader(random_bytes(SEED_BYTES))  # one stream for the whole vector
-        signed = np.int32 if self.ring_bits == 32 else np.int64
+        signed = self.signed_word
 
         def fill(start: int, segment: np.ndarray) -> None:
             words = segment.view(signed)

@@ -131,8 +131,6 @@ class PrivateRank:
 
     def epsilon(self) -> float:
         """The epsilon this rank's examples have spent so far, at ``delta``."""
-        if not self.optimizer.steps:
-            return 0.0
         return self.ledger().client_epsilon(dist.get_rank())
 
 
