@@ -37,7 +37,9 @@ from dp.ledger import ClientLevelEntry
 from dp.rdp import rounded_norm_bounds
 from dp.removable import RemovableNoise
 from dp.samplers import sample_discrete_gaussian, sample_skellam, skellam_table
+from secagg.contribution import Contribution, Encoding, WeightRule
 from secagg.encoding import stochastic_round
+from secagg.errors import ConfigurationError
 from secagg.randomness import RandomSource, system_random
 from secagg.ring import to_signed
 
@@ -140,6 +142,57 @@ class DistributedNoiseEncoder:
                 f"wrap-around probability {self.wrap_target} with updates resolved to more than one "
                 "integer step; use more ring bits (privacy.ring_bits) or fewer clients per round"
             )
+
+    def contribution(self, *, rotation_seed: bytes) -> Contribution:
+        """This encoding as a session's contribution: every parameter and the rotation seed,
+        with equal weights (a client's weight would reveal its data)."""
+        terms = {
+            "mechanism": self.mechanism.value,
+            "dimension": self.dimension,
+            "l2_clip": float(self.l2_clip),
+            "noise_multiplier": float(self.noise_multiplier),
+            "cohort": self.cohort,
+            "noise_shares": self.noise_shares,
+            "ring_bits": self.ring_bits,
+            "beta": float(self.beta),
+            "wrap_target": float(self.wrap_target),
+            "corrupt": self.corrupt,
+            "rotation_seed": bytes(rotation_seed),
+            "weights": WeightRule.EQUAL.value,
+        }
+        if self.threshold is not None:
+            terms["threshold"] = self.threshold
+        return Contribution(Encoding.DISTRIBUTED_DP, terms)
+
+    @classmethod
+    def from_contribution(cls, contribution: Contribution) -> tuple[DistributedNoiseEncoder, bytes]:
+        """The encoder and rotation seed a session's distributed-DP contribution describes.
+
+        Raises:
+            ConfigurationError: another encoding or a missing term.
+            PrivacyConfigError: parameters the encoder refuses.
+        """
+        if contribution.encoding is not Encoding.DISTRIBUTED_DP:
+            raise ConfigurationError(
+                f"the session's contribution is {contribution.encoding.value}, not distributed-dp"
+            )
+        if contribution.weights is not WeightRule.EQUAL:
+            raise ConfigurationError("distributed DP needs equal weights")
+        threshold = contribution.optional("threshold")
+        encoder = cls(
+            mechanism=Mechanism(contribution.text("mechanism")),
+            dimension=contribution.integer("dimension"),
+            l2_clip=contribution.number("l2_clip"),
+            noise_multiplier=contribution.number("noise_multiplier"),
+            cohort=contribution.integer("cohort"),
+            noise_shares=contribution.integer("noise_shares"),
+            ring_bits=contribution.integer("ring_bits"),
+            beta=contribution.number("beta"),
+            wrap_target=contribution.number("wrap_target"),
+            threshold=None if threshold is None else contribution.integer("threshold"),
+            corrupt=contribution.integer("corrupt"),
+        )
+        return encoder, contribution.blob("rotation_seed")
 
     @property
     def padded(self) -> int:

@@ -13,6 +13,7 @@ Two ways in:
 
 from secagg.client import Client, ClientStats
 from secagg.config import PROTOCOL_VERSION, SecAggConfig
+from secagg.contribution import Contribution, StalenessRule, WeightRule
 from secagg.errors import (
     AuthenticationFailed,
     ConfigurationError,
@@ -51,6 +52,7 @@ __all__ = [
     "ClientStage",
     "ClientStats",
     "ConfigurationError",
+    "Contribution",
     "DeterministicRandom",
     "DuplicateMessage",
     "Encoding",
@@ -74,10 +76,12 @@ __all__ = [
     "Server",
     "ServerResult",
     "ServerStage",
+    "StalenessRule",
     "ThresholdNotMet",
     "UnexpectedPhase",
     "UnknownSender",
     "UnsupportedVersion",
+    "WeightRule",
     "WrongSession",
     "aggregate",
     "error_code",

@@ -11,6 +11,7 @@ from types import MappingProxyType
 
 import numpy as np
 
+from secagg.contribution import Contribution
 from secagg.errors import ConfigurationError
 from secagg.hazmat.shamir import PRIME
 from secagg.hazmat.signing import PUBLIC_KEY_BYTES
@@ -19,11 +20,12 @@ from secagg.randomness import RandomSource, system_random
 
 __all__ = ["MAX_CLIENT_ID", "PROTOCOL_VERSION", "SESSION_ID_BYTES", "SecAggConfig"]
 
-PROTOCOL_VERSION = 2  # 2: instance root in the roster, framed AES-GCM nonces, quorum signatures
+PROTOCOL_VERSION = 3  # 3: the contribution contract in the configuration (and so the digest)
 SESSION_ID_BYTES = 32
 MAX_CLIENT_ID = PRIME - 1
 _MAGIC = b"PAGC"
 _HEADER = struct.Struct(">4sB32sIBIIIIBQB")
+_LENGTH = struct.Struct(">I")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,10 @@ class SecAggConfig:
             [-input_bound, input_bound]; the ring must hold the sum of n such values.
         identities: optional long-term Ed25519 public keys, one per client. With identities the
             key advertisements, every client message and the consistency check are signed.
+        contribution: what every client adds to the sum (encoding, its parameters, weight and
+            staleness rules, model version; :mod:`secagg.contribution`). Part of the digest, so
+            clients told different contributions derive different masks. None only for callers
+            that encode their ring vectors themselves (:func:`secagg.aggregate` on raw vectors).
     """
 
     session_id: bytes
@@ -57,6 +63,7 @@ class SecAggConfig:
     ring_bits: int = 32
     input_bound: int | None = None
     identities: Mapping[int, bytes] | None = field(default=None, compare=True)
+    contribution: Contribution | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.session_id, bytes) or len(self.session_id) != SESSION_ID_BYTES:
@@ -85,6 +92,11 @@ class SecAggConfig:
         self._check_graph(n)
         self._check_bound(n)
         self._check_identities(ids)
+        if self.contribution is not None and not isinstance(self.contribution, Contribution):
+            raise ConfigurationError(
+                f"contribution must be a secagg.contribution.Contribution, "
+                f"got {type(self.contribution).__name__}"
+            )
 
     def _check_graph(self, n: int) -> None:
         k, t = self.neighbours, self.threshold
@@ -142,6 +154,7 @@ class SecAggConfig:
         ring_bits: int = 32,
         input_bound: int | None = None,
         identities: Mapping[int, bytes] | None = None,
+        contribution: Contribution | None = None,
         round_index: int = 0,
         session_id: bytes | None = None,
         dropout_rate: float = 0.1,
@@ -182,6 +195,7 @@ class SecAggConfig:
             ring_bits=ring_bits,
             input_bound=input_bound,
             identities=identities,
+            contribution=contribution,
         )
 
     @property
@@ -222,7 +236,8 @@ class SecAggConfig:
         )
         ids = struct.pack(f">{self.num_clients}I", *self.client_ids)
         keys = b"".join(self.identities.values()) if self.identities is not None else b""
-        return header + ids + keys
+        terms = b"" if self.contribution is None else self.contribution.encode()
+        return header + ids + keys + _LENGTH.pack(len(terms)) + terms
 
     @classmethod
     def decode(cls, data: bytes) -> SecAggConfig:
@@ -254,9 +269,13 @@ class SecAggConfig:
             raise ConfigurationError(
                 f"configuration uses protocol version {version}; this side speaks {PROTOCOL_VERSION}"
             )
-        expected = _HEADER.size + 4 * n + (PUBLIC_KEY_BYTES * n if has_ids else 0)
-        if len(data) != expected or has_bound > 1 or has_ids > 1:
+        keys_end = _HEADER.size + 4 * n + (PUBLIC_KEY_BYTES * n if has_ids else 0)
+        if len(data) < keys_end + _LENGTH.size or has_bound > 1 or has_ids > 1:
             raise ConfigurationError("configuration bytes have the wrong length or flags")
+        (terms_length,) = _LENGTH.unpack_from(data, keys_end)
+        if len(data) != keys_end + _LENGTH.size + terms_length:
+            raise ConfigurationError("configuration bytes have the wrong length or flags")
+        terms = data[keys_end + _LENGTH.size :]
         ids = struct.unpack_from(f">{n}I", data, _HEADER.size)
         if list(ids) != sorted(set(ids)):
             raise ConfigurationError("configuration client ids are not sorted and unique")
@@ -277,6 +296,7 @@ class SecAggConfig:
             ring_bits=ring_bits,
             input_bound=bound if has_bound else None,
             identities=identities,
+            contribution=Contribution.decode(terms) if terms else None,
         )
 
     @cached_property

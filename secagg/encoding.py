@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
+from secagg.contribution import Contribution, Encoding, Term, WeightRule
 from secagg.errors import ConfigurationError, InvalidInput
 from secagg.hazmat.prg import keystream
 from secagg.randomness import RandomSource, system_random
@@ -126,6 +127,44 @@ class FixedPointEncoder:
     def error_bound(self) -> float:
         """Elementwise bound on |decoded mean - weighted mean of the clipped updates|: 2^-p."""
         return 2.0**-self.precision_bits
+
+    def contribution(
+        self, *, weights: WeightRule = WeightRule.EXAMPLES, **rules: Term
+    ) -> Contribution:
+        """This encoding as a session's contribution, with the weight rule and any other
+        ``rules`` (``staleness``, ``model_version``, ``model_digest``) every client follows."""
+        terms: dict[str, Term] = {
+            "num_clients": self.num_clients,
+            "max_weight": self.max_weight,
+            "clip": float(self.clip),
+            "precision_bits": self.precision_bits,
+            "ring_bits": self.ring_bits,
+            "weights": WeightRule(weights).value,
+        }
+        if self.l2_clip is not None:
+            terms["l2_clip"] = float(self.l2_clip)
+        return Contribution(Encoding.FIXED_POINT, {**terms, **rules})
+
+    @classmethod
+    def from_contribution(cls, contribution: Contribution) -> FixedPointEncoder:
+        """The encoder a session's fixed-point contribution describes.
+
+        Raises:
+            ConfigurationError: another encoding, a missing term, or values that could wrap.
+        """
+        if contribution.encoding is not Encoding.FIXED_POINT:
+            raise ConfigurationError(
+                f"the session's contribution is {contribution.encoding.value}, not fixed-point"
+            )
+        l2_clip = contribution.optional("l2_clip")
+        return cls(
+            num_clients=contribution.integer("num_clients"),
+            max_weight=contribution.integer("max_weight"),
+            clip=contribution.number("clip"),
+            precision_bits=contribution.integer("precision_bits"),
+            ring_bits=contribution.integer("ring_bits"),
+            l2_clip=None if l2_clip is None else contribution.number("l2_clip"),
+        )
 
     @staticmethod
     def required_ring_bits(

@@ -19,7 +19,12 @@ The rules (SECURITY.md, "Conditions"):
 * **ring and encoding**: only the listed ring sizes and encodings; with
   ``min_noise_multiplier > 0`` the client requires client-level DP noise at least that large;
 * **identities**: with ``require_identities`` a session without Ed25519 identities (and so
-  without the consistency check that defeats a lying server) is refused.
+  without the consistency check that defeats a lying server) is refused;
+* **contribution** (:meth:`ClientPolicy.check_contribution`): the session's
+  :class:`~secagg.contribution.Contribution` must carry every term the client pinned, with the
+  same value, and every ranged term inside its range; a fixed-point encoding must resolve its
+  clip range in at least ``2^min_resolution_bits`` steps; a staleness above ``max_staleness``
+  is refused (:meth:`ClientPolicy.check_staleness`).
 """
 
 from __future__ import annotations
@@ -27,20 +32,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from enum import Enum
 
 from secagg.config import SecAggConfig
+from secagg.contribution import Contribution, Encoding, Term
 from secagg.errors import ConfigurationError, PolicyViolation
 from secagg.parameters import corrupt_neighbours
 
 __all__ = ["ClientPolicy", "Encoding"]
-
-
-class Encoding(str, Enum):
-    """How a client turns its update into a ring vector (what the server may ask for)."""
-
-    FIXED_POINT = "fixed-point"
-    DISTRIBUTED_DP = "distributed-dp"
 
 
 @dataclass(frozen=True)
@@ -57,6 +55,14 @@ class ClientPolicy:
         allowed_encodings: encodings the client accepts.
         min_noise_multiplier: client-level DP noise floor (0: DP not required).
         require_identities: refuse sessions without Ed25519 identities.
+        max_staleness: the largest staleness tau (server versions between the model a client
+            trained on and the one the session aggregates for) it contributes at; 63 keeps the
+            FedBuff weight 1 / sqrt(1 + tau) at 1/8 or more.
+        min_resolution_bits: a fixed-point encoding must resolve its clip range in at least
+            2^bits steps (``clip * 2^precision_bits >= 2^bits``), so no server can shrink a
+            client's contribution to nothing by its clip.
+        pinned_terms: contribution terms the client requires exactly (e.g. ``{"clip": 4.0}``).
+        term_ranges: contribution terms the client requires inside ``[low, high]``.
 
     Example:
         >>> from secagg import SecAggConfig
@@ -75,11 +81,24 @@ class ClientPolicy:
     allowed_encodings: frozenset[Encoding] = field(default_factory=lambda: frozenset(Encoding))
     min_noise_multiplier: float = 0.0
     require_identities: bool = False
+    max_staleness: int = 63
+    min_resolution_bits: int = 8
+    pinned_terms: Mapping[str, Term] = field(default_factory=dict)
+    term_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _expect(self, "min_clients", int)
         _expect(self, "security_bits", int)
         _expect(self, "require_identities", bool)
+        _expect(self, "max_staleness", int)
+        _expect(self, "min_resolution_bits", int)
+        if self.max_staleness < 0:
+            raise ConfigurationError(f"max_staleness must be >= 0, got {self.max_staleness}")
+        if not 0 <= self.min_resolution_bits <= 52:
+            raise ConfigurationError(
+                f"min_resolution_bits must lie in [0, 52], got {self.min_resolution_bits}"
+            )
+        self._normalise_terms()
         for name in ("corrupt_fraction", "max_neighbour_loss", "min_noise_multiplier"):
             _expect(self, name, float)
             object.__setattr__(self, name, float(getattr(self, name)))
@@ -115,6 +134,25 @@ class ClientPolicy:
                 f"got {sorted(map(str, self.allowed_encodings))}"
             ) from None
         object.__setattr__(self, "allowed_encodings", encodings)
+
+    def _normalise_terms(self) -> None:
+        pinned = dict(self.pinned_terms)
+        Contribution(Encoding.FIXED_POINT, pinned)  # the same types and names as a session's
+        ranges = {}
+        for name, bounds in dict(self.term_ranges).items():
+            try:
+                low, high = (float(b) for b in bounds)
+            except (TypeError, ValueError):
+                raise ConfigurationError(
+                    f"client policy term_ranges[{name!r}] must be [low, high], got {bounds!r}"
+                ) from None
+            if not low <= high:
+                raise ConfigurationError(
+                    f"client policy term_ranges[{name!r}] is empty: {low} > {high}"
+                )
+            ranges[str(name)] = (low, high)
+        object.__setattr__(self, "pinned_terms", _FrozenTerms(sorted(pinned.items())))
+        object.__setattr__(self, "term_ranges", _FrozenTerms(sorted(ranges.items())))
 
     @classmethod
     def permissive(cls) -> ClientPolicy:
@@ -158,6 +196,8 @@ class ClientPolicy:
         values = asdict(self)
         values["allowed_ring_bits"] = sorted(self.allowed_ring_bits)
         values["allowed_encodings"] = sorted(e.value for e in self.allowed_encodings)
+        values["pinned_terms"] = dict(self.pinned_terms)
+        values["term_ranges"] = {k: list(v) for k, v in self.term_ranges.items()}
         return values
 
     # -- what the floors are for one session ------------------------------------------------------
@@ -276,6 +316,93 @@ class ClientPolicy:
                 f"at most {honest}",
                 sender=0,
             )
+
+    def check_contribution(self, config: SecAggConfig) -> Contribution:
+        """Refuse a session whose contribution this client would not make; return it.
+
+        The contribution is what the client encodes with (it never takes encoding values from
+        anywhere else): its kind must be allowed, every pinned term present with the pinned
+        value, every ranged term inside its range, a fixed-point clip resolved in at least
+        ``2^min_resolution_bits`` steps, and distributed DP noise above the floors
+        (:meth:`check_noise`).
+
+        Raises:
+            PolicyViolation: the session has no contribution, or one outside this policy.
+        """
+        contribution = config.contribution
+        if contribution is None:
+            raise PolicyViolation(
+                "the session states no contribution (encoding and rules); this client only "
+                "encodes by a contribution bound into the session",
+                sender=0,
+            )
+        self.check_encoding(contribution.encoding)
+        for name, value in self.pinned_terms.items():
+            if contribution.optional(name) != value:
+                raise PolicyViolation(
+                    f"this client is pinned to {name} = {value!r}; the session says "
+                    f"{contribution.optional(name)!r}",
+                    sender=0,
+                )
+        for name, (low, high) in self.term_ranges.items():
+            if not low <= contribution.number(name) <= high:
+                raise PolicyViolation(
+                    f"{name} = {contribution.number(name)} is outside this client's range "
+                    f"[{low}, {high}]",
+                    sender=0,
+                )
+        if contribution.encoding is Encoding.FIXED_POINT:
+            steps = contribution.number("clip") * 2.0 ** contribution.integer("precision_bits")
+            if not steps >= 2.0**self.min_resolution_bits:
+                raise PolicyViolation(
+                    f"a clip of {contribution.number('clip')} at "
+                    f"{contribution.integer('precision_bits')} precision bits resolves "
+                    f"{steps:.3g} steps, below this client's floor of "
+                    f"2^{self.min_resolution_bits}; raise the clip or the precision",
+                    sender=0,
+                )
+        else:
+            self.check_noise(
+                config,
+                noise_multiplier=contribution.number("noise_multiplier"),
+                noise_shares=contribution.integer("noise_shares"),
+            )
+        return contribution
+
+    def check_staleness(self, staleness: int) -> None:
+        """Refuse to contribute an update ``staleness`` versions old (or from the future).
+
+        Raises:
+            PolicyViolation: ``staleness`` is negative or above ``max_staleness``.
+        """
+        if not 0 <= staleness <= self.max_staleness:
+            raise PolicyViolation(
+                f"a staleness of {staleness} versions is outside this client's bound "
+                f"[0, {self.max_staleness}] (policy max_staleness)",
+                sender=0,
+            )
+
+
+class _FrozenTerms(Mapping):
+    """A read-only, hashable mapping (a policy is frozen and hashable)."""
+
+    def __init__(self, items: object) -> None:
+        self._items = dict(items)  # type: ignore[call-overload]
+
+    def __getitem__(self, key: str) -> object:
+        return self._items[key]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._items.items()))
+
+    def __repr__(self) -> str:
+        return repr(self._items)
 
 
 def _expect(policy: ClientPolicy, name: str, kind: type) -> None:

@@ -15,6 +15,7 @@ from numpy.typing import ArrayLike
 
 from secagg.client import Client
 from secagg.config import SecAggConfig
+from secagg.contribution import Contribution
 from secagg.errors import ThresholdNotMet
 from secagg.hazmat.prg import DEFAULT_CHUNK_BYTES
 from secagg.hazmat.signing import SigningKey
@@ -190,6 +191,7 @@ def aggregate(
     progress: ProgressCallback | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     noise_removal: Mapping[int, RevealNoise] | None = None,
+    contribution: Contribution | None = None,
 ) -> AggregationResult:
     """Run one secure-aggregation round with every party in this process.
 
@@ -213,6 +215,8 @@ def aggregate(
             the server forwards the consistency signatures and each client answers with the
             seeds of removable noise its certified honest floor m allows
             (:meth:`secagg.Client.answer_noise_removal`).
+        contribution: how the inputs were encoded (:mod:`secagg.contribution`), bound into the
+            session like every other parameter.
 
     Returns:
         The sum and what the round cost.
@@ -242,6 +246,7 @@ def aggregate(
         ring_bits=ring_bits,
         input_bound=input_bound,
         identities={u: key.public_bytes for u, key in signing_keys.items()} or None,
+        contribution=contribution,
         round_index=round_index,
         random_bytes=rng,
     )

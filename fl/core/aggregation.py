@@ -14,6 +14,7 @@ import secagg
 from dp.distributed import DistributedNoiseEncoder
 from dp.removable import NoiseSeeds, RemovableNoise
 from fl.errors import InputError
+from secagg.contribution import WeightRule
 from secagg.encoding import FixedPointEncoder
 from secagg.randomness import RandomSource, system_random
 
@@ -105,10 +106,20 @@ class FixedPointEncoding:
     random: Callable[[int], RandomSource] = system_sources
     weight: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.weight not in (None, 1):
+            raise ValueError(f"weight must be None (each update's own) or 1, got {self.weight}")
+
     @property
     def ladder(self) -> None:
         """No removable noise: the weighted mean adds none."""
         return None
+
+    @property
+    def contribution(self) -> secagg.Contribution:
+        """The session's contribution: this encoding and its weight rule."""
+        rule = WeightRule.EXAMPLES if self.weight is None else WeightRule.EQUAL
+        return self.encoder.contribution(weights=rule)
 
     def __call__(self, client: int, update: ClientUpdate) -> EncodedInput:
         """Client ``client``'s ring vector."""
@@ -135,6 +146,11 @@ class NoisyEncoding:
     rotation_seed: bytes
     random: Callable[[int], RandomSource] = system_sources
     ladder: RemovableNoise | None = None
+
+    @property
+    def contribution(self) -> secagg.Contribution:
+        """The session's contribution: the noise encoding and its rotation seed."""
+        return self.encoder.contribution(rotation_seed=self.rotation_seed)
 
     def __call__(self, client: int, update: ClientUpdate) -> EncodedInput:
         """Client ``client``'s ring vector, its noise share included (and its ladder seeds)."""
@@ -181,7 +197,10 @@ def run_in_process(
     if ladder is not None:
         removal = {u: revealer(ladder, e.seeds) for u, e in encoded.items()}
     return secagg.aggregate(
-        {u: e.words for u, e in encoded.items()}, noise_removal=removal, **protocol
+        {u: e.words for u, e in encoded.items()},
+        noise_removal=removal,
+        contribution=encoding.contribution,
+        **protocol,
     )
 
 

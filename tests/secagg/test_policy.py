@@ -170,6 +170,10 @@ def test_the_default_policy_is_the_documented_one():
         "allowed_encodings": ["distributed-dp", "fixed-point"],
         "min_noise_multiplier": 0.0,
         "require_identities": False,
+        "max_staleness": 63,
+        "min_resolution_bits": 8,
+        "pinned_terms": {},
+        "term_ranges": {},
     }
     loose = ClientPolicy.permissive()
     assert (loose.min_clients, loose.corrupt_fraction, loose.max_neighbour_loss) == (2, 0.0, 1.0)
@@ -188,6 +192,9 @@ def test_a_policy_survives_its_plain_values():
         allowed_encodings=frozenset({Encoding.DISTRIBUTED_DP}),
         min_noise_multiplier=0.7,
         require_identities=True,
+        max_staleness=9,
+        pinned_terms={"clip": 4.0, "precision_bits": 16},
+        term_ranges={"noise_multiplier": (0.5, 2.0)},
     )
     values = policy.to_dict()
     assert values["allowed_ring_bits"] == [48, 64]

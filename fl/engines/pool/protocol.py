@@ -121,6 +121,7 @@ class PooledProtocol:
                     neighbours=neighbours,
                     ring_bits=ring_bits,
                     input_bound=input_bound,
+                    contribution=encoding.contribution,
                 ),
             )
         except BaseException:
