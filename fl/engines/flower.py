@@ -25,11 +25,13 @@ derived from the node's data, stays in the node's log.
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import hashlib
 import logging
 import math
 import os
 import secrets
+import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -51,22 +53,29 @@ import secagg
 from dp.distributed import DistributedNoiseEncoder, Mechanism
 from dp.ledger import PrivacyLedger, PrivacyLevel
 from fl.engines.base import Engine
+from secagg.contribution import Encoding, Term, WeightRule
 from secagg.encoding import FixedPointEncoder
 from secagg.hazmat.signing import SigningKey
-from secagg.randomness import DeterministicRandom, system_random
+from secagg.randomness import DeterministicRandom, RandomSource, system_random
 from secagg.sessions import SessionLog
 
 __all__ = [
+    "AGREED_RECORD",
     "FLOWER_RECORD",
     "PrivaggWorkflow",
     "RoundReport",
     "flatten_arrays",
+    "model_digest",
     "policy_from_node_config",
     "privagg_mod",
     "unflatten_arrays",
+    "without_identities",
 ]
 
 FLOWER_RECORD = "privagg"
+AGREED_RECORD = "privagg-agreed"
+"""The config record the mod hands the wrapped ClientApp with a masked-input request: the
+contribution the node agreed to in the session (never the server's own copy of it)."""
 _STATE = "privagg-state"
 _SESSIONS = "privagg-sessions"
 _HELLO = "hello"
@@ -81,6 +90,21 @@ def flatten_arrays(arrays: ArrayRecord) -> tuple[np.ndarray, list[tuple[str, tup
         layout.append((name, tuple(values.shape)))
         parts.append(values.astype(np.float64).ravel())
     return (np.concatenate(parts) if parts else np.zeros(0)), layout
+
+
+def model_digest(arrays: ArrayRecord) -> bytes:
+    """SHA-256 of a model (names, shapes and float64 values): a node hashes the model it
+    received itself, and contributes only when it is the one the session names."""
+    hasher = hashlib.sha256(b"privagg/flower/model\x00")
+    for name, array in arrays.items():
+        values = np.ascontiguousarray(array.numpy(), dtype="<f8")
+        label = name.encode()
+        hasher.update(struct.pack(">I", len(label)) + label)
+        hasher.update(
+            struct.pack(">I", values.ndim) + struct.pack(f">{values.ndim}Q", *values.shape)
+        )
+        hasher.update(values.tobytes())
+    return hasher.digest()
 
 
 def unflatten_arrays(
@@ -125,19 +149,46 @@ _POLICY_KEYS = {
     "privagg-ring-bits": ("allowed_ring_bits", str),
     "privagg-min-noise-multiplier": ("min_noise_multiplier", float),
     "privagg-require-identities": ("require_identities", bool),
+    "privagg-max-staleness": ("max_staleness", int),
+    "privagg-min-resolution-bits": ("min_resolution_bits", int),
 }
+_PIN, _RANGE = "privagg-pin-", "privagg-range-"
 
 
 def policy_from_node_config(context: Context) -> secagg.ClientPolicy:
     """The node's :class:`secagg.ClientPolicy`: the secure defaults, with any of these node
     config keys overriding one floor: ``privagg-min-clients``, ``privagg-corrupt-fraction``,
     ``privagg-security-bits``, ``privagg-max-neighbour-loss``, ``privagg-ring-bits`` (e.g.
-    ``"32,64"``), ``privagg-min-noise-multiplier``, ``privagg-require-identities``.
+    ``"32,64"``), ``privagg-min-noise-multiplier``, ``privagg-require-identities``,
+    ``privagg-max-staleness``, ``privagg-min-resolution-bits``; ``privagg-pin-TERM = value``
+    pins a contribution term (``privagg-pin-clip = 4.0``: the node refuses any other clip) and
+    ``privagg-range-TERM = "low,high"`` bounds one (dashes in TERM stand for underscores).
+
+    Across a network identities are the default: a node requires them unless its own config
+    says ``privagg-require-identities = false`` (then only the semi-honest guarantee holds:
+    SECURITY.md).
 
     Raises:
         secagg.ConfigurationError: a value of the wrong type or range.
     """
-    values: dict[str, object] = {}
+    values: dict[str, object] = {"require_identities": True}
+    config = context.node_config
+    values["pinned_terms"] = {
+        key[len(_PIN) :].replace("-", "_"): value
+        for key, value in config.items()
+        if key.startswith(_PIN)
+    }
+    ranges = {}
+    for key, raw in config.items():
+        if key.startswith(_RANGE):
+            try:
+                low, high = (float(part) for part in str(raw).split(","))
+            except ValueError:
+                raise secagg.ConfigurationError(
+                    f'node config {key} must be "low,high", got {raw!r}'
+                ) from None
+            ranges[key[len(_RANGE) :].replace("-", "_")] = (low, high)
+    values["term_ranges"] = ranges
     for key, (name, kind) in _POLICY_KEYS.items():
         if key not in context.node_config:
             continue
@@ -184,8 +235,24 @@ def identity_from_node_config(context: Context) -> NodeIdentity | None:
     return NodeIdentity(key, allowed)
 
 
-def make_privagg_mod(identity: IdentityProvider = identity_from_node_config) -> Callable:
-    """A client mod; ``identity`` supplies the node's identity key and allowlist (or None)."""
+PolicyProvider = Callable[[Context], secagg.ClientPolicy]
+
+
+def without_identities(context: Context) -> secagg.ClientPolicy:
+    """A node policy that does not require identities (:func:`policy_from_node_config`
+    otherwise). Only for nodes that trust the server to follow the protocol - a simulation in
+    one program, say: without identities an active server can substitute keys and recover an
+    input exactly (SECURITY.md, "Threat model of each engine")."""
+    return dataclasses.replace(policy_from_node_config(context), require_identities=False)
+
+
+def make_privagg_mod(
+    identity: IdentityProvider = identity_from_node_config,
+    policy: PolicyProvider = policy_from_node_config,
+) -> Callable:
+    """A client mod; ``identity`` supplies the node's identity key and allowlist (or None),
+    ``policy`` the node's :class:`secagg.ClientPolicy` (its node config by default, which
+    requires identities; :func:`without_identities` opts out)."""
 
     def mod(
         msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
@@ -197,7 +264,7 @@ def make_privagg_mod(identity: IdentityProvider = identity_from_node_config) -> 
             return call_next(msg, context)
         request = msg.content.config_records[FLOWER_RECORD]
         try:
-            reply = _handle(msg, context, request, call_next, identity(context))
+            reply = _handle(msg, context, request, call_next, identity(context), policy(context))
         except (secagg.SecAggError, _NodeError, ValueError, OSError, KeyError) as error:
             context.state.config_records.pop(_STATE, None)
             _LOG.warning(
@@ -244,26 +311,13 @@ def _session_log(context: Context) -> SessionLog:
     return SessionLog() if saved is None else SessionLog.from_bytes(saved["log"])
 
 
-def _check_encoding(
-    config: secagg.SecAggConfig, encoding: dict, policy: secagg.ClientPolicy
-) -> None:
-    """Refuse an encoding, or DP noise, below the node's policy (before any key is drawn)."""
-    kind = secagg.Encoding(encoding["kind"])
-    policy.check_encoding(kind)
-    if kind is secagg.Encoding.DISTRIBUTED_DP:
-        policy.check_noise(
-            config,
-            noise_multiplier=float(encoding["noise_multiplier"]),
-            noise_shares=int(encoding["noise_shares"]),
-        )
-
-
 def _handle(
     msg: Message,
     context: Context,
     request: ConfigRecord,
     call_next: Callable,
     identity: NodeIdentity | None,
+    policy: secagg.ClientPolicy,
 ) -> dict:
     if request.get("drop-in") == request["phase"]:  # injected dropout (tests, experiments)
         raise _NodeError(
@@ -276,8 +330,7 @@ def _handle(
     if request["phase"] == secagg.Phase.ADVERTISE_KEYS.value:
         config = secagg.SecAggConfig.decode(request["secagg-config"])
         client_id = int(request["client-id"])
-        policy = policy_from_node_config(context)
-        _check_encoding(config, json.loads(request["encoding"]), policy)
+        policy.check_contribution(config)  # before any key is drawn
         sessions = _session_log(context)
         client = secagg.Client(
             config,
@@ -290,12 +343,7 @@ def _handle(
             payload = client.advertise_keys()
         finally:  # a refused session is remembered too: it is never joined later
             context.state.config_records[_SESSIONS] = ConfigRecord({"log": sessions.to_bytes()})
-        saved = {
-            key: request[key]
-            for key in ("secagg-config", "encoding", "rounding-seed")
-            if key in request
-        }
-        saved["client-id"] = client_id
+        saved = {"secagg-config": request["secagg-config"], "client-id": client_id}
     else:
         saved = dict(context.state.config_records[_STATE])
         config = secagg.SecAggConfig.decode(saved["secagg-config"])
@@ -304,10 +352,10 @@ def _handle(
             config,
             saved["client-state"],
             signing_key=key,
-            policy=policy_from_node_config(context),
+            policy=policy,
         )
         if client.needs_input:
-            client.set_input(_encoded_update(msg, context, saved, client.client_id, call_next))
+            client.set_input(_encoded_update(msg, context, config, client.client_id, call_next))
         payload = client.receive(request["message"])
     saved["client-state"] = client.to_state()
     context.state.config_records[_STATE] = ConfigRecord(saved)
@@ -315,28 +363,58 @@ def _handle(
 
 
 def _encoded_update(
-    msg: Message, context: Context, saved: dict, client_id: int, call_next: Callable
+    msg: Message,
+    context: Context,
+    config: secagg.SecAggConfig,
+    client_id: int,
+    call_next: Callable,
 ) -> np.ndarray:
+    """Train, then encode ``local - global`` exactly as the session's contribution says.
+
+    The node hashes the model it was sent and refuses it unless it is the one the session
+    names; the wrapped ClientApp is handed the agreed contribution (:data:`AGREED_RECORD`),
+    whatever the server put there; the weight is the node's own example count; rounding and
+    noise come from the node's own randomness."""
+    contribution = config.contribution
+    expected = contribution.optional("model_digest")
+    received = msg.content.array_records["arrays"]
+    if expected is not None and model_digest(received) != expected:
+        raise _NodeError(
+            "the model sent with the masked-input request is not the one the session names",
+            secagg.ErrorCode.PARAMETER_MISMATCH,
+        )
+    msg.content[AGREED_RECORD] = ConfigRecord({"contribution": contribution.encode()})
     trained = call_next(msg, context)
     if trained.has_error():
         raise _NodeError(
             f"local training failed: {trained.error.reason}", secagg.ErrorCode.TRAINING_FAILED
         )
-    global_vector, _ = flatten_arrays(msg.content.array_records["arrays"])
+    global_vector, _ = flatten_arrays(received)
     local_vector, _ = flatten_arrays(trained.content.array_records["arrays"])
-    weight = int(trained.content.metric_records["metrics"]["num-examples"])
-    encoding = json.loads(saved["encoding"])
-    kind = encoding.pop("kind")
-    if kind == "distributed-dp":  # client-level DP: clip, rotate, round, add noise; equal weights
-        rotation = bytes.fromhex(encoding.pop("rotation-seed"))
-        noisy = DistributedNoiseEncoder(
-            **{**encoding, "mechanism": Mechanism(encoding["mechanism"])}
+    update = local_vector - global_vector
+    random_bytes = _rounding_random(context, config, client_id)
+    if contribution.encoding is Encoding.DISTRIBUTED_DP:  # clip, rotate, round, noise; weight 1
+        noisy, rotation = DistributedNoiseEncoder.from_contribution(contribution)
+        return noisy.encode(update, rotation_seed=rotation, random_bytes=random_bytes)
+    encoder = FixedPointEncoder.from_contribution(contribution)
+    if encoder.ring_bits != config.ring_bits or encoder.entry_bound != config.input_bound:
+        raise _NodeError(
+            "the session's ring or input bound does not match its contribution",
+            secagg.ErrorCode.PARAMETER_MISMATCH,
         )
-        return noisy.encode(local_vector - global_vector, rotation_seed=rotation)
-    encoder = FixedPointEncoder(**encoding)
-    seed = saved.get("rounding-seed")
-    random_bytes = DeterministicRandom(f"{seed}/{client_id}".encode()) if seed else system_random
-    return encoder.encode(local_vector - global_vector, weight=weight, random_bytes=random_bytes)
+    weight = 1
+    if contribution.weights is WeightRule.EXAMPLES:
+        weight = int(trained.content.metric_records["metrics"]["num-examples"])
+    return encoder.encode(update, weight=weight, random_bytes=random_bytes)
+
+
+def _rounding_random(context: Context, config: secagg.SecAggConfig, client_id: int) -> RandomSource:
+    """The node's own randomness: ``os.urandom``, or, for replays in tests and experiments, a
+    seed from the node's own config (``privagg-rounding-seed``; never from the server)."""
+    seed = context.node_config.get("privagg-rounding-seed")
+    if not seed:
+        return system_random
+    return DeterministicRandom(f"{seed}/{config.round_index}/{client_id}".encode())
 
 
 # -- server side ----------------------------------------------------------------------------------
@@ -370,7 +448,6 @@ class _FlowerSession:
 
     node_of: dict[int, int]
     config: secagg.SecAggConfig
-    encoding: dict
     decode: Callable[[secagg.ServerResult], tuple[np.ndarray, int]]
     vector: np.ndarray
     layout: list[tuple[str, tuple[int, ...]]]
@@ -398,7 +475,6 @@ class PrivaggWorkflow(Engine[_FlowerSession]):
         max_weight, clip, precision_bits, ring_bits: the fixed-point encoding of updates.
         timeout: seconds to wait for replies in each phase (None: wait for all).
         dropouts: node id -> phase name, injected dropouts (tests and experiments).
-        rounding_seed: seed stochastic rounding (replays); unset uses os.urandom.
         train_config: extra values sent to the ClientApp with the model (e.g. learning rate).
         allowlist: the federation's Ed25519 identity public keys. When set, each sampled node
             names its identity first; nodes off the list (or claiming a taken identity) are left
@@ -431,7 +507,6 @@ class PrivaggWorkflow(Engine[_FlowerSession]):
     ring_bits: int | None = None
     timeout: float | None = None
     dropouts: dict[int, str] = field(default_factory=dict)
-    rounding_seed: str | None = None
     train_config: dict = field(default_factory=dict)
     allowlist: frozenset[bytes] | None = None
     dp_noise_multiplier: float | None = None
@@ -502,8 +577,9 @@ class PrivaggWorkflow(Engine[_FlowerSession]):
         dimension: int,
         identities: dict[int, bytes] | None,
         round_number: int,
-    ) -> tuple[secagg.SecAggConfig, dict, Callable[[secagg.ServerResult], tuple[np.ndarray, int]]]:
-        """The protocol configuration, the encoding the clients need, and the decoder."""
+    ) -> tuple[secagg.SecAggConfig, Callable[[secagg.ServerResult], tuple[np.ndarray, int]]]:
+        """The protocol configuration, its contribution (what every node encodes) inside it,
+        and the decoder."""
         cohort = len(node_of)
         identity_map = (
             None if identities is None else {c: identities[n] for c, n in node_of.items()}
@@ -514,49 +590,52 @@ class PrivaggWorkflow(Engine[_FlowerSession]):
             round_index=round_number,
             identities=identity_map,
         )
+        rules = self._contribution_rules()
         if self.dp_noise_multiplier is None:
             needed = FixedPointEncoder.required_ring_bits(
                 cohort, self.max_weight, self.clip, self.precision_bits
             )
-            params = {
-                "num_clients": cohort,
-                "max_weight": self.max_weight,
-                "clip": self.clip,
-                "precision_bits": self.precision_bits,
-                "ring_bits": self.ring_bits or (32 if needed <= 32 else 64),
-            }
-            encoder = FixedPointEncoder(**params)
+            encoder = FixedPointEncoder(
+                num_clients=cohort,
+                max_weight=self.max_weight,
+                clip=self.clip,
+                precision_bits=self.precision_bits,
+                ring_bits=self.ring_bits or (32 if needed <= 32 else 64),
+            )
             config = secagg.SecAggConfig.create(
                 node_of,
                 dimension + 1,
-                ring_bits=params["ring_bits"],
+                ring_bits=encoder.ring_bits,
                 input_bound=encoder.entry_bound,
+                contribution=encoder.contribution(**rules),
                 **common,
             )
-            return (
-                config,
-                {"kind": "fixed-point", **params},
-                lambda r: (encoder.decode(r.total), encoder.decode_weight(r.total)),
-            )
-        config = secagg.SecAggConfig.create(
+            return config, lambda r: (encoder.decode(r.total), encoder.decode_weight(r.total))
+        shape = secagg.SecAggConfig.create(
             node_of,
             1 << max(0, math.ceil(math.log2(dimension))),
             ring_bits=self.dp_ring_bits,
             **common,
         )
-        params = {
-            "mechanism": self.dp_mechanism,
-            "dimension": dimension,
-            "l2_clip": self.dp_clip,
-            "noise_multiplier": self.dp_noise_multiplier,
-            "cohort": cohort,
-            "noise_shares": self._policy.honest_floor(config),
-            "ring_bits": self.dp_ring_bits,
-            "threshold": config.threshold,
-            "corrupt": self._policy.corrupt_neighbours(config),
-        }
-        noisy = DistributedNoiseEncoder(**{**params, "mechanism": Mechanism(self.dp_mechanism)})
+        noisy = DistributedNoiseEncoder(
+            mechanism=Mechanism(self.dp_mechanism),
+            dimension=dimension,
+            l2_clip=self.dp_clip,
+            noise_multiplier=self.dp_noise_multiplier,
+            cohort=cohort,
+            noise_shares=self._policy.honest_floor(shape),
+            ring_bits=self.dp_ring_bits,
+            threshold=shape.threshold,
+            corrupt=self._policy.corrupt_neighbours(shape),
+        )
         rotation = os.urandom(32)
+        contribution = noisy.contribution(rotation_seed=rotation)
+        config = dataclasses.replace(
+            shape,
+            contribution=secagg.Contribution(
+                contribution.encoding, {**contribution.terms, **rules}
+            ),
+        )
         if self.ledger is None:
             self.ledger = PrivacyLedger(level=PrivacyLevel.CLIENT, delta=self.dp_delta)
         self._pending = noisy
@@ -567,7 +646,12 @@ class PrivaggWorkflow(Engine[_FlowerSession]):
                 result.total, contributors=contributors, rotation_seed=rotation
             ), contributors
 
-        return config, {"kind": "distributed-dp", "rotation-seed": rotation.hex(), **params}, decode
+        return config, decode
+
+    def _contribution_rules(self) -> dict[str, Term]:
+        """The rules beside the encoding every node of this round follows: the model they
+        train on, by its digest (each node checks the model it receives against it)."""
+        return {"model_digest": model_digest(self._arrays)}
 
     # -- the engine's four steps (fl.engines.base.Engine); run_round drives them ----------------
 
@@ -588,11 +672,9 @@ class PrivaggWorkflow(Engine[_FlowerSession]):
         unmasked."""
         node_of = dict(enumerate(cohort, start=1))
         vector, layout = flatten_arrays(self._arrays)
-        config, encoding, decode = self._session(
-            node_of, vector.size, self._round.identities, round_index
-        )
+        config, decode = self._session(node_of, vector.size, self._round.identities, round_index)
         self._policy.check_session(config)  # the nodes would refuse it: fail here, with the reason
-        return _FlowerSession(node_of, config, encoding, decode, vector, layout)
+        return _FlowerSession(node_of, config, decode, vector, layout)
 
     def secure_sum(self, round_index: int, session: _FlowerSession) -> _FlowerOutcome:
         """One session of the protocol over the grid; the weighted (or noisy) mean it decodes."""
@@ -611,13 +693,7 @@ class PrivaggWorkflow(Engine[_FlowerSession]):
                 if node in self.dropouts:
                     request["drop-in"] = self.dropouts[node]
                 if outgoing is None:
-                    request |= {
-                        "secagg-config": config.encode(),
-                        "client-id": client_id,
-                        "encoding": json.dumps(session.encoding),
-                    }
-                    if self.rounding_seed:
-                        request["rounding-seed"] = f"{self.rounding_seed}/{round_index}"
+                    request |= {"secagg-config": config.encode(), "client-id": client_id}
                 else:
                     request["message"] = outgoing[client_id]
                 requests[node] = request

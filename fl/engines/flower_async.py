@@ -5,10 +5,15 @@
   would be. A **pull** message (a ``train`` message with a ``"privagg-async"`` config record and
   the global model) makes the node train at once, on the model version it names; the node keeps
   its update in its own state and replies with an acknowledgement only. When the node is later
-  asked for its masked input in a secure-aggregation session, the session names the server's
-  current version; the node computes its staleness tau itself, scales its kept update by
-  s(tau) = 1 / sqrt(1 + tau) (:func:`fl.algorithms.fedbuff.staleness_weight`), and hands that
-  to the protocol, which encodes and masks it. The update never leaves the node unmasked.
+  asked for its masked input in a secure-aggregation session, the session's contribution
+  (bound into its digest, so every node of the session was told the same) names the server's
+  current version and the staleness rule; the node computes its staleness tau itself from the
+  version it recorded at its pull, refuses a tau beyond its policy's ``max_staleness`` (63 by
+  default: no honest weight below 1/8), scales its kept update by s(tau) = 1 / sqrt(1 + tau)
+  (:func:`fl.algorithms.fedbuff.staleness_weight`), and hands that to the protocol, which
+  encodes and masks it. The update never leaves the node unmasked. A node also refuses a pull
+  that names an older version than one it pulled before, or the same version for another
+  model.
 * :class:`AsyncPrivaggWorkflow` - a ServerApp workflow. It keeps ``concurrency`` nodes training
   (pull messages through ``grid.push_messages``, replies collected with ``grid.pull_messages``
   as they come), and every ``buffer`` arrivals runs one session of this project's protocol among
@@ -29,6 +34,7 @@ sent. Client-level DP is not offered asynchronously (its accounting composes sam
 
 from __future__ import annotations
 
+import hmac
 import json
 import secrets
 import time
@@ -41,6 +47,7 @@ from flwr.app import (
     ArrayRecord,
     ConfigRecord,
     Context,
+    Error,
     Message,
     MessageType,
     MetricRecord,
@@ -51,30 +58,62 @@ from flwr.serverapp import Grid
 import secagg
 from fl.algorithms.fedbuff import staleness_weight
 from fl.engines.flower import (
+    AGREED_RECORD,
     FLOWER_RECORD,
+    IdentityProvider,
+    PolicyProvider,
     PrivaggWorkflow,
     RoundReport,
     _RoundState,
     flatten_arrays,
-    privagg_mod,
+    identity_from_node_config,
+    make_privagg_mod,
+    model_digest,
+    policy_from_node_config,
     unflatten_arrays,
 )
+from secagg.contribution import StalenessRule, Term
 
-__all__ = ["ASYNC_RECORD", "VERSION_KEY", "AsyncPrivaggWorkflow", "make_async_mod"]
+__all__ = ["ASYNC_RECORD", "AsyncPrivaggWorkflow", "make_async_mod"]
 
 ASYNC_RECORD = "privagg-async"
 """The config record of a pull message: the model version the node trains on."""
-VERSION_KEY = "privagg-version"
-"""The key, in a session's train config, of the server's current model version."""
 _KEPT = "privagg-async-update"
+_PULLED = "privagg-async-pulled"
 
 
 # -- client side ----------------------------------------------------------------------------------
 
 
+def _record_pull(context: Context, version: int, digest: bytes) -> None:
+    """Remember the newest version pulled; refuse a pull that goes back, or that names the
+    same version for another model (a server telling this node a story about versions)."""
+    last = context.state.config_records.get(_PULLED)
+    if last is not None:
+        if version < int(last["version"]):
+            raise secagg.InconsistentRequest(
+                f"a pull names model version {version}, older than the {last['version']} "
+                "this node pulled before",
+                sender=0,
+            )
+        if version == int(last["version"]) and not hmac.compare_digest(
+            bytes(last["digest"]), digest
+        ):
+            raise secagg.InconsistentRequest(
+                f"a pull names model version {version} for another model than before", sender=0
+            )
+    context.state.config_records[_PULLED] = ConfigRecord({"version": version, "digest": digest})
+
+
 def _pull(msg: Message, context: Context, call_next: Callable) -> Message:
     """Train on the pulled model now; keep the update on the node; acknowledge."""
     version = int(msg.content.config_records[ASYNC_RECORD]["version"])
+    try:
+        _record_pull(context, version, model_digest(msg.content.array_records["arrays"]))
+    except secagg.InconsistentRequest as error:
+        return Message(
+            Error(code=int(error.code), reason=f"privagg error {error.code.name}"), reply_to=msg
+        )
     trained = call_next(msg, context)
     if trained.has_error():
         return Message(trained.error, reply_to=msg)
@@ -92,20 +131,22 @@ def _pull(msg: Message, context: Context, call_next: Callable) -> Message:
     return Message(RecordDict({ASYNC_RECORD: ConfigRecord({"trained": version})}), reply_to=msg)
 
 
-def _kept_update(msg: Message, context: Context) -> Message:
+def _kept_update(msg: Message, context: Context, policy: secagg.ClientPolicy) -> Message:
     """The node's kept update, weighed by its own staleness, as the wrapped ClientApp's reply
     (the session's reference model was zeroed, so local - reference is exactly the weighed
     update)."""
     kept = context.state.config_records.get(_KEPT)
     if kept is None:
         raise ValueError("asked for a masked input, but this node holds no trained update")
-    current = int(msg.content.config_records["config"][VERSION_KEY])
-    staleness = current - int(kept["version"])
-    if staleness < 0:
-        raise ValueError(
-            f"the session names model version {current}, older than the {kept['version']} "
-            "this node trained on"
+    agreed = secagg.Contribution.decode(msg.content.config_records[AGREED_RECORD]["contribution"])
+    if agreed.staleness is not StalenessRule.INVERSE_SQRT:
+        raise secagg.PolicyViolation(
+            f"an asynchronous session must weigh staleness by {StalenessRule.INVERSE_SQRT.value}, "
+            f"this one says {agreed.staleness.value}",
+            sender=0,
         )
+    staleness = agreed.integer("model_version") - int(kept["version"])
+    policy.check_staleness(staleness)
     update = np.frombuffer(kept["update"], dtype=np.float64) * staleness_weight(staleness)
     layout = [(name, tuple(shape)) for name, shape in json.loads(kept["layout"])]
     del context.state.config_records[_KEPT]  # one update, one session
@@ -131,10 +172,14 @@ def _zero_reference(msg: Message) -> None:
     )
 
 
-def make_async_mod(inner: Callable = privagg_mod) -> Callable:
-    """A client mod for asynchronous secure aggregation, wrapping ``inner`` (the node's
-    :func:`~fl.engines.flower.privagg_mod`, or one made by
-    :func:`~fl.engines.flower.make_privagg_mod`)."""
+def make_async_mod(
+    identity: IdentityProvider = identity_from_node_config,
+    policy: PolicyProvider = policy_from_node_config,
+) -> Callable:
+    """A client mod for asynchronous secure aggregation: the protocol side of
+    :func:`~fl.engines.flower.make_privagg_mod` with the same ``identity`` and ``policy``
+    providers (the policy also bounds the node's staleness: ``privagg-max-staleness``)."""
+    inner = make_privagg_mod(identity, policy)
 
     def mod(
         msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
@@ -146,7 +191,8 @@ def make_async_mod(inner: Callable = privagg_mod) -> Callable:
             return _pull(msg, context, call_next)
         if FLOWER_RECORD in records:
             _zero_reference(msg)
-            return inner(msg, context, _kept_update)
+            node_policy = policy(context)
+            return inner(msg, context, lambda m, c: _kept_update(m, c, node_policy))
         return call_next(msg, context)
 
     return mod
@@ -215,7 +261,7 @@ class AsyncPrivaggWorkflow(PrivaggWorkflow):
 
     def _pull_messages(self, nodes: Sequence[int]) -> list[Message]:
         content = {ASYNC_RECORD: ConfigRecord({"version": self.version})}
-        config = {k: v for k, v in self.train_config.items() if k != VERSION_KEY}
+        config = dict(self.train_config)
         return [
             Message(
                 content=RecordDict(
@@ -246,11 +292,11 @@ class AsyncPrivaggWorkflow(PrivaggWorkflow):
     def ready(self, round_index: int, cohort: Sequence[int]) -> bool:
         return len(cohort) >= self._policy.min_clients
 
-    def train(self, round_index: int, cohort: Sequence[int]):
-        """The session: the nodes trained already; the masked-input requests name the server's
-        version, from which each node computes its own staleness."""
-        self.train_config = {**self.train_config, VERSION_KEY: self.version}
-        return super().train(round_index, cohort)
+    def _contribution_rules(self) -> dict[str, Term]:
+        """The session's rules: the server's current version and the FedBuff staleness rule,
+        from which each node computes and bounds its own staleness (the nodes trained on the
+        versions they pulled, so no model digest: the session's model is only a reference)."""
+        return {"staleness": StalenessRule.INVERSE_SQRT.value, "model_version": self.version}
 
     def apply(self, round_index: int, outcome: object) -> None:
         super().apply(round_index, outcome)

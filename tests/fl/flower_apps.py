@@ -9,7 +9,13 @@ from flwr.app import Array, ArrayRecord, Context, Message, MessageType, MetricRe
 from flwr.clientapp import ClientApp
 
 import secagg
-from fl.engines.flower import FLOWER_RECORD, NodeIdentity, make_privagg_mod, privagg_mod
+from fl.engines.flower import (
+    FLOWER_RECORD,
+    NodeIdentity,
+    PolicyProvider,
+    make_privagg_mod,
+    without_identities,
+)
 from secagg.hazmat.signing import SigningKey
 
 SHAPES = {"w": (3, 4), "b": (4,)}
@@ -46,15 +52,25 @@ def _train(msg: Message, context: Context) -> Message:
 
 
 def make_client_app(
-    *, without_mod: frozenset[int] = frozenset(), other_parameters: frozenset[int] = frozenset()
+    *,
+    without_mod: frozenset[int] = frozenset(),
+    other_parameters: frozenset[int] = frozenset(),
+    policy: PolicyProvider = without_identities,
+    rounding_seed: str | None = None,
 ) -> ClientApp:
     """A ClientApp with the privagg mod; the nodes whose ``partition-id`` is in ``without_mod``
-    lack it, those in ``other_parameters`` run the protocol with other parameters."""
+    lack it, those in ``other_parameters`` run the protocol with other parameters. The nodes
+    hold ``policy`` (by default their node config's, less the identity requirement: these
+    tests exercise other properties; tests/fl/test_flower_attacks.py checks the default).
+    ``rounding_seed`` is set in each node's own config (``privagg-rounding-seed``: replays)."""
+    privagg_mod = make_privagg_mod(policy=policy)
 
     def selective(
         msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
     ) -> Message:
         partition = int(context.node_config["partition-id"])
+        if rounding_seed is not None:
+            context.node_config["privagg-rounding-seed"] = rounding_seed
         if partition in without_mod:
             return call_next(msg, context)
         if partition in other_parameters and FLOWER_RECORD in msg.content.config_records:
@@ -69,6 +85,7 @@ def make_client_app(
                     ring_bits=config.ring_bits,
                     session_id=config.session_id,
                     round_index=config.round_index,
+                    contribution=config.contribution,
                 ).encode()  # the input bound differs: another parameter set
         return privagg_mod(msg, context, call_next)
 

@@ -34,7 +34,7 @@ def test_flower_simulation_matches_the_in_process_protocol():
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        workflow = PrivaggWorkflow(num_rounds=1, min_nodes=10, rounding_seed="test")
+        workflow = PrivaggWorkflow(num_rounds=1, min_nodes=10)
         nodes = workflow.wait_for_nodes(grid)
         partition_of = partitions(grid, nodes)
         # the misfits are partitions 8 and 9; the two that drop out are well configured
@@ -44,7 +44,9 @@ def test_flower_simulation_matches_the_in_process_protocol():
         outcome["final"] = workflow.run(grid, initial_arrays())
         outcome["report"] = workflow.reports[-1]
 
-    app = make_client_app(without_mod=frozenset({8}), other_parameters=frozenset({9}))
+    app = make_client_app(
+        without_mod=frozenset({8}), other_parameters=frozenset({9}), rounding_seed="test"
+    )
     run_simulation(
         server_app, app, num_supernodes=10, backend_config={"client_resources": {"num_cpus": 1}}
     )

@@ -14,7 +14,7 @@ from flwr.clientapp import ClientApp  # noqa: E402
 import secagg  # noqa: E402
 from fl.algorithms.fedbuff import staleness_weight  # noqa: E402
 from fl.engines import flower as flower_module  # noqa: E402
-from fl.engines.flower import flatten_arrays  # noqa: E402
+from fl.engines.flower import flatten_arrays, without_identities  # noqa: E402
 from fl.engines.flower_async import (  # noqa: E402
     ASYNC_RECORD,
     AsyncPrivaggWorkflow,
@@ -26,9 +26,11 @@ from tests.fl.inline_grid import AsyncInlineGrid, partition_configs  # noqa: E40
 
 
 def _grid(count=10, delay=lambda node: 1 + 3 * (node % 4)):
-    app = ClientApp(mods=[make_async_mod()])
+    app = ClientApp(mods=[make_async_mod(policy=without_identities)])
     app.train()(_train)
-    return AsyncInlineGrid(app, partition_configs(count), delay)
+    return AsyncInlineGrid(
+        app, partition_configs(count, **{"privagg-rounding-seed": "async"}), delay
+    )
 
 
 class _Spy:
@@ -64,7 +66,6 @@ def _workflow(**kwargs):
         buffer=5,
         concurrency=8,
         poll_interval=0.0,
-        rounding_seed="async",
     )
     return AsyncPrivaggWorkflow(**{**defaults, **kwargs})
 
@@ -167,11 +168,11 @@ def test_async_workflow_on_flowers_simulation_engine():
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        workflow = _workflow(rounding_seed=None, poll_interval=0.1)
+        workflow = _workflow(poll_interval=0.1)
         outcome["final"] = workflow.run(grid, initial_arrays())
         outcome["workflow"] = workflow
 
-    app = ClientApp(mods=[make_async_mod()])
+    app = ClientApp(mods=[make_async_mod(policy=without_identities)])
     app.train()(_train)
     run_simulation(
         server_app, app, num_supernodes=10, backend_config={"client_resources": {"num_cpus": 1}}
@@ -203,7 +204,7 @@ def test_a_server_forming_tiny_buffers_learns_nothing_from_nodes_that_hold_their
     floor was lowered to 2 take part, and the server recovers the target's weighed update from
     the released sum (the attack works where the condition K >= policy floor is broken)."""
     extra = {} if floor is None else {"privagg-min-clients": floor}
-    app = ClientApp(mods=[make_async_mod()])
+    app = ClientApp(mods=[make_async_mod(policy=without_identities)])
     app.train()(_train)
     grid = AsyncInlineGrid(app, partition_configs(4, **extra), lambda node: 1)
     server = _CarelessServer(
@@ -213,7 +214,6 @@ def test_a_server_forming_tiny_buffers_learns_nothing_from_nodes_that_hold_their
         concurrency=2,
         poll_interval=0.0,
         max_wait=0.5,
-        rounding_seed="attack",
         client_policy=secagg.ClientPolicy.permissive(),
     )
     if floor is None:

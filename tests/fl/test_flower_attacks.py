@@ -47,10 +47,12 @@ def test_rerunning_a_session_without_one_node_is_refused_by_the_nodes(same_sessi
     (REPLAYED_SESSION), so the second round fails. Nodes that lose that state (weakened:
     restarted) give the server u's weight exactly and u's update."""
     for forgetful in (False, True):
-        grid = InlineGrid(make_client_app(), partition_configs(10))
+        grid = InlineGrid(
+            make_client_app(), partition_configs(10, **{"privagg-rounding-seed": "attack"})
+        )
         nodes = grid.get_node_ids()
         u = nodes[3]
-        workflow = ReplayWorkflow(num_rounds=1, min_nodes=10, rounding_seed="attack")
+        workflow = ReplayWorkflow(num_rounds=1, min_nodes=10)
         workflow.same_session = same_session
         arrays = initial_arrays()
         workflow.run_round(grid, arrays, 1)
@@ -124,10 +126,12 @@ def test_a_node_refuses_noise_shares_beyond_the_honest_floor():
 
     class GreedyWorkflow(PrivaggWorkflow):
         def _session(self, node_of, dimension, identities, round_number):
-            config, encoding, decode = super()._session(
-                node_of, dimension, identities, round_number
+            config, decode = super()._session(node_of, dimension, identities, round_number)
+            greedy = secagg.Contribution(
+                config.contribution.encoding,
+                {**config.contribution.terms, "noise_shares": config.threshold},
             )
-            return config, {**encoding, "noise_shares": config.threshold}, decode
+            return dataclasses.replace(config, contribution=greedy), decode
 
     grid = InlineGrid(make_client_app(), partition_configs(10))
     workflow = GreedyWorkflow(num_rounds=1, min_nodes=10, dp_noise_multiplier=0.5, dp_clip=10.0)
@@ -160,7 +164,26 @@ def test_policy_from_node_config_reads_every_floor():
         require_identities=True,
         min_noise_multiplier=1.0,
     )
-    assert flower.policy_from_node_config(context()) == secagg.ClientPolicy()
+    # across a network identities are required unless the node's own config says otherwise
+    assert flower.policy_from_node_config(context()) == secagg.ClientPolicy(require_identities=True)
+    assert flower.policy_from_node_config(
+        context(**{"privagg-require-identities": False})
+    ) == secagg.ClientPolicy(require_identities=False)
+    pinned = flower.policy_from_node_config(
+        context(
+            **{
+                "privagg-pin-clip": 4.0,
+                "privagg-pin-precision-bits": 16,
+                "privagg-range-noise-multiplier": "0.5,2",
+                "privagg-max-staleness": 7,
+            }
+        )
+    )
+    assert pinned.pinned_terms == {"clip": 4.0, "precision_bits": 16}
+    assert pinned.term_ranges == {"noise_multiplier": (0.5, 2.0)}
+    assert pinned.max_staleness == 7
+    with pytest.raises(secagg.ConfigurationError, match="low,high"):
+        flower.policy_from_node_config(context(**{"privagg-range-clip": "1"}))
     with pytest.raises(secagg.ConfigurationError, match="ring sizes"):
         flower.policy_from_node_config(context(**{"privagg-ring-bits": "x"}))
     with pytest.raises(secagg.ConfigurationError, match="corrupt_fraction"):

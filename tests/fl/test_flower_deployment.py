@@ -76,8 +76,9 @@ def test_wait_for_port_fails_clearly_when_the_process_dies(tmp_path):
 
 @pytest.mark.slow
 def test_flower_app_runs_on_superlink_and_three_supernodes(tmp_path):
-    """Secure aggregation across three SuperNode processes: the round completes with all three
-    contributors and the global model learns; every process started is stopped, even on failure.
+    """Secure aggregation across three SuperNode processes, with identities (the default
+    across a network): the round completes with all three contributors and the global model
+    learns; every process started is stopped, even on failure.
     (Slow: process start-up dominates. The protocol over Flower is covered fast by
     tests/fl/test_flower.py, the process handling by the test above.)"""
     pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
@@ -88,6 +89,14 @@ def test_flower_app_runs_on_superlink_and_three_supernodes(tmp_path):
     (tmp_path / "flwr" / "config.toml").write_text(
         f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
     )
+    from secagg.hazmat.signing import SigningKey
+
+    seeds = [os.urandom(32) for _ in range(3)]
+    keys = [SigningKey(seed) for seed in seeds]
+    allowlist = tmp_path / "allowlist.txt"
+    allowlist.write_text("".join(key.public_bytes.hex() + "\n" for key in keys))
+    for partition, seed in enumerate(seeds):
+        (tmp_path / f"node{partition}.key").write_text(seed.hex())
     processes = []
     try:
         log = tmp_path / "superlink.log"
@@ -106,8 +115,12 @@ def test_flower_app_runs_on_superlink_and_three_supernodes(tmp_path):
                         "--port",
                         str(node_port),
                         "--node-config",
-                        # three processes: the nodes lower their cohort floor to three
-                        f"partition-id={partition} num-partitions=3 privagg-min-clients=3",
+                        # three processes: the nodes lower their cohort floor to three; each
+                        # holds its identity key and the federation's allowlist (the default
+                        # across a network: identities required)
+                        f"partition-id={partition} num-partitions=3 privagg-min-clients=3 "
+                        f"privagg-key='{tmp_path / f'node{partition}.key'}' "
+                        f"privagg-allowlist='{allowlist}'",
                     ],
                     log,
                     env,
@@ -123,7 +136,8 @@ def test_flower_app_runs_on_superlink_and_three_supernodes(tmp_path):
                 "test",
                 "--stream",
                 "--run-config",
-                f"result-path='{result}' num-rounds=1 min-nodes=3 client-min-clients=3",
+                f"result-path='{result}' num-rounds=1 min-nodes=3 client-min-clients=3 "
+                f"allowlist-path='{allowlist}'",
             ],
             env=env,
             capture_output=True,

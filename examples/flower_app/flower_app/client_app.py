@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import logging
+
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fl.engines.flower import privagg_mod
+import secagg
+from fl.engines.flower import make_privagg_mod, policy_from_node_config, without_identities
 
-app = ClientApp(mods=[privagg_mod])
+
+def node_policy(context: Context) -> secagg.ClientPolicy:
+    """Across a network a node requires identities: give it ``privagg-key`` and
+    ``privagg-allowlist`` in its node config (SECURITY.md). Flower's simulation gives nodes no
+    config of their own, so a node without a key runs without identities, and says so."""
+    if "privagg-key" in context.node_config:
+        return policy_from_node_config(context)
+    logging.getLogger("privagg.flower").warning(
+        "node %s runs without identities (no privagg-key in its node config): only the "
+        "semi-honest guarantee holds",
+        context.node_id,
+    )
+    return without_identities(context)
+
+
+app = ClientApp(mods=[make_privagg_mod(policy=node_policy)])
 
 
 @app.train()

@@ -20,6 +20,7 @@ DEFAULTS = {
     "local-epochs": 2,
     "learning-rate": 0.1,
     "result-path": "",
+    "allowlist-path": "",
 }
 
 
@@ -27,11 +28,18 @@ DEFAULTS = {
 def main(grid: Grid, context: Context) -> None:
     """Run the configured rounds, log the test accuracy, optionally write it as JSON."""
     config = {**DEFAULTS, **context.run_config}
+    allowlist = None
+    if config.get("allowlist-path"):  # the federation's identity keys, hex, one per line
+        with open(str(config["allowlist-path"])) as handle:
+            allowlist = frozenset(bytes.fromhex(line.strip()) for line in handle if line.strip())
     workflow = PrivaggWorkflow(
         num_rounds=int(config["num-rounds"]),
         min_nodes=int(config["min-nodes"]),
         # the floor the nodes hold (their node config privagg-min-clients; 5 by default)
-        client_policy=ClientPolicy(min_clients=int(config["client-min-clients"])),
+        client_policy=ClientPolicy(
+            min_clients=int(config["client-min-clients"]), require_identities=allowlist is not None
+        ),
+        allowlist=allowlist,
         train_config={
             "local-epochs": int(config["local-epochs"]),
             "learning-rate": float(config["learning-rate"]),
