@@ -173,6 +173,7 @@ class Client:
             "self_mask_secret": self._self_mask_secret.hex(),
             "pair_seeds": hexed(self._pair_seeds),
             "channel_secrets": hexed(self._channel_secrets),
+            "removal_answered": self._removal_answered,
         }
         return json.dumps(state).encode()
 
@@ -191,7 +192,9 @@ class Client:
 
         Restoring an old snapshot again never repeats an AES-GCM key/nonce pair (every
         encryption draws a fresh nonce), but it does let the restored client act a second time:
-        keep one live copy of the state, as Flower's node context does.
+        keep one live copy of the state, as Flower's node context does. The state records that
+        the noise-removal request was answered, so a client restored from a later state refuses
+        a second one.
 
         Raises:
             LocalProtocolError: the state is unreadable or belongs to another session.
@@ -227,6 +230,11 @@ class Client:
             client._self_mask_secret = bytes.fromhex(data["self_mask_secret"])
             client._pair_seeds = unhex(data["pair_seeds"])
             client._channel_secrets = unhex(data["channel_secrets"])
+            # a state without this record is refused (KeyError), never read as "not answered":
+            # two removal answers for two floors would reveal the union of their ladder steps
+            if type(data["removal_answered"]) is not bool:
+                raise ValueError("removal_answered must be true or false")
+            client._removal_answered = data["removal_answered"]
         except (KeyError, TypeError, ValueError) as error:
             raise LocalProtocolError(f"the saved client state is unreadable ({error})") from None
         return client

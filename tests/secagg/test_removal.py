@@ -226,3 +226,77 @@ def test_the_server_runs_noise_removal_only_after_a_completed_round_with_identit
         server.noise_removal_requests()
     with pytest.raises(LocalProtocolError, match="no noise removal"):
         server.receive_noise_removal(b"")
+
+
+def test_noise_removal_is_answered_once_across_restores():
+    """Attack 3 of the contribution contract: n = 10, t = 6, the complete graph, c = 1. The
+    server asks for noise removal at a floor of 6 (7 of the U3 signatures forwarded), then
+    restores the client from its to_state bytes and asks again at a floor of 7 (8 signatures). Two answers
+    would reveal the union of two ladder sets (dp.removable's binary ladder), leaving less than
+    V / m of noise with the client. The restored client refuses (UnexpectedPhase) and reveals
+    nothing more; a weakened restore that forgets the answer (the state before this check)
+    strips more noise than any certified floor allows: the ten clients keep less than V."""
+    from dp.removable import RemovableNoise
+
+    run = _Round(n=10, t=6)
+    policy = secagg.ClientPolicy(min_clients=5, corrupt_fraction=0.1)
+    corrupt = policy.corrupt_neighbours(run.config)
+    assert corrupt == 1
+    ladder = RemovableNoise(
+        total_variance=400.0, noise_shares=6 - corrupt, most_honest=10 - corrupt
+    )
+    signatures = dict(messages.decode(run.requests[1], max_bytes=1 << 20).payload.signatures)
+
+    def left_after_two_requests(weakened: bool) -> float:
+        """The least noise variance any client keeps."""
+        left = []
+        for u, client in run.clients.items():
+            revealed: set[int] = set()
+
+            def reveal(floor: int, revealed: set[int] = revealed) -> tuple[tuple[int, bytes], ...]:
+                steps = ladder.removal(floor)
+                revealed.update(steps)
+                return tuple((j, bytes(32)) for j in steps)
+
+            state = client.to_state()
+            fresh = secagg.Client.from_state(
+                run.config, state, signing_key=run.keys[u], policy=policy
+            )
+            others = [v for v in run.clients if v != u]
+            low = {v: signatures[v] for v in (*others[:6], u)}  # 7 signers: a floor of 6
+            high = {v: signatures[v] for v in (*others[:7], u)}  # 8 signers: a floor of 7
+            fresh.answer_noise_removal(_forged(run, low), reveal)
+            restored = secagg.Client.from_state(
+                run.config, fresh.to_state(), signing_key=run.keys[u], policy=policy
+            )
+            if weakened:
+                restored._removal_answered = False  # the restore before this check
+            before = restored.to_state()
+            try:
+                restored.answer_noise_removal(_forged(run, high), reveal)
+            except UnexpectedPhase:
+                assert not weakened
+                assert restored.to_state() == before  # a refused request changes nothing
+            left.append(ladder.variance_left(tuple(sorted(revealed))))
+        return min(left)
+
+    floor = 7  # the most the server can certify to the client with 8 signers
+    honest = left_after_two_requests(weakened=False)
+    assert floor * honest >= 400.0 * (1 - 1e-9)  # 7 honest clients keep the target V
+    stripped = left_after_two_requests(weakened=True)
+    assert floor * stripped < 0.8 * 400.0  # 311 of 400: a certified sum keeps less than V
+
+
+def test_a_client_state_without_its_removal_record_is_refused():
+    """A state that does not say whether noise removal was answered is unreadable
+    (LocalProtocolError), never read as "not answered"."""
+    import json
+
+    run = _Round(n=10, t=6)
+    state = json.loads(run.clients[1].to_state())
+    del state["removal_answered"]
+    with pytest.raises(LocalProtocolError, match="unreadable"):
+        secagg.Client.from_state(run.config, json.dumps(state).encode(), policy=run.policy)
+    state["removal_answered"] = 0
+    with pytest.raises(LocalProtocolError, match="unreadable"):
+        secagg.Client.from_state(run.config, json.dumps(state).encode(), policy=run.policy)
