@@ -238,3 +238,23 @@ def test_async_clients_train_fedprox_local_objective(tmp_path, monkeypatch):
     fedavg = run_federation(_config(tmp_path, "avg", **{"training.rounds": 2}))
     assert len(seen) == 10 and set(seen) == {None}
     assert [m.simulated_time for m in fedprox.history] == [m.simulated_time for m in fedavg.history]
+
+
+def test_a_distributed_worker_bounds_its_own_staleness():
+    """Attack 2 of the contribution contract on torch.distributed: a store that names buffer
+    2^32 - 1 to every worker but the target shrinks their gradients by s(tau) to 1.5e-5, so
+    the sum is the target's gradient. The worker's policy refuses a staleness above 63
+    (PolicyViolation); a weakened worker without the bound weighs its gradient by 1.5e-5."""
+    import dataclasses
+
+    import secagg
+    from fl.engines.distributed import DISTRIBUTED_POLICY
+    from fl.engines.distributed.asynchronous import bounded_weight
+
+    assert bounded_weight(DISTRIBUTED_POLICY, buffer=70, pulled=7) == pytest.approx(1 / 8)
+    with pytest.raises(secagg.PolicyViolation, match="max_staleness"):
+        bounded_weight(DISTRIBUTED_POLICY, buffer=2**32 - 1, pulled=0)
+    with pytest.raises(secagg.PolicyViolation):
+        bounded_weight(DISTRIBUTED_POLICY, buffer=3, pulled=4)
+    weakened = dataclasses.replace(DISTRIBUTED_POLICY, max_staleness=2**40)
+    assert bounded_weight(weakened, buffer=2**32 - 1, pulled=0) < 2e-5

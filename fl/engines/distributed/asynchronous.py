@@ -10,7 +10,10 @@ multi-step session (:mod:`secagg.multistep`) among exactly those K:
 2. each worker weights its gradient by its staleness, ``s(tau) = 1 / sqrt(1 + tau)`` with
    ``tau = beta - (the version it pulled)`` (FedBuff, Nguyen et al., AISTATS 2022) - *before*
    masking, since the server cannot weight a masked vector - then encodes, masks among the K and
-   sends the masked words and its share offer through the store;
+   sends the masked words and its share offer through the store. beta is the step every mask
+   of the buffer derives from, so workers told different buffers derive masks that do not
+   cancel; the worker refuses a tau above its policy's ``max_staleness`` (63: no weight below
+   1/8, :func:`bounded_weight`) and a pull that names an older version than one it pulled;
 3. with all K masked vectors in, the server sums them and decides ``REVEAL``; each worker reveals
    its self-mask seed (seeds that do not arrive are rebuilt from shares, ``RECOVER``); the server
    unmasks the sum, divides by K and takes an SGD step: version beta + 1;
@@ -41,6 +44,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import secagg
 from fl.engines.distributed.allreduce import DISTRIBUTED_POLICY
 from fl.engines.distributed.encoding import GradientEncoding
 from fl.engines.distributed.errors import RankExcluded, RanksLost
@@ -62,7 +66,14 @@ from secagg.multistep import (
 from secagg.policy import ClientPolicy
 from secagg.randomness import RandomSource
 
-__all__ = ["AsyncWorker", "BufferReport", "ParameterServer", "PushReport", "staleness_weight"]
+__all__ = [
+    "AsyncWorker",
+    "BufferReport",
+    "ParameterServer",
+    "PushReport",
+    "bounded_weight",
+    "staleness_weight",
+]
 
 _TICKET = struct.Struct(">II")
 _ASSIGN = b"privagg/assign\x00"
@@ -75,6 +86,19 @@ def staleness_weight(staleness: int) -> float:
     if staleness < 0:
         raise InputError(f"staleness must be >= 0, got {staleness}")
     return 1.0 / math.sqrt(1.0 + staleness)
+
+
+def bounded_weight(policy: ClientPolicy, *, buffer: int, pulled: int) -> float:
+    """A worker's weight for a buffer, from the version it pulled itself: refused beyond its
+    policy's ``max_staleness`` (63 by default, so no weight falls below 1/8), so a store that
+    names a far-off buffer cannot shrink an honest gradient to nothing.
+
+    Raises:
+        secagg.PolicyViolation: the staleness is negative or above ``policy.max_staleness``.
+    """
+    staleness = buffer - pulled
+    policy.check_staleness(staleness)
+    return staleness_weight(staleness)
 
 
 @dataclass(frozen=True)
@@ -481,6 +505,12 @@ class AsyncWorker(_Common):
         if "stop" in found or not found:
             return None
         (version,) = struct.unpack(">I", found["version"])
+        if self.pulled is not None and version < self.pulled:
+            raise secagg.InconsistentRequest(
+                f"the store names model version {version}, older than the {self.pulled} this "
+                "worker pulled before",
+                sender=0,
+            )
         data = self.channel.wait_one(f"model/{version}", Deadline(self.timeout))
         if data is None:
             return None
@@ -515,7 +545,7 @@ class AsyncWorker(_Common):
         member = self.session.member
         while True:
             staleness = beta - self.pulled
-            weight = staleness_weight(staleness)
+            weight = bounded_weight(self.policy, buffer=beta, pulled=self.pulled)
             context = StepContext(
                 step=beta,
                 attempt=attempt,
