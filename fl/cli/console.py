@@ -317,7 +317,10 @@ def render_run_start(output: Output, start: Any) -> None:
     """The header of ``privagg run`` (a :class:`fl.engines.inprocess.RunStart`): what will run, and the
     privacy budget: target, spent so far, and what an extension past the calibration spends."""
     config, training, privacy = start.config, start.config.training, start.config.privacy
-    mode = "secure aggregation" if config.secure.enabled else "plaintext FedAvg"
+    mode = "plaintext FedAvg"
+    if config.secure.enabled:  # the threat model the run has (SECURITY.md, per engine)
+        model = "active server, identities on" if config.secure.identities else "semi-honest server"
+        mode = f"secure aggregation (protects against a {model})"
     text = (
         f"[bold]privagg run[/]: {training.clients} clients ({training.cohort_size} per round), "
         f"{_data_label(config.data)}, {config.model.name.value}, {training.rounds} rounds, {mode}, "
