@@ -330,3 +330,35 @@ def test_the_colluder_bound_uses_the_policys_own_fraction_and_security_level(
     )
     assert policy.corrupt_neighbours(config) == expected
     assert policy.minimum_threshold(config) == (40 + 1 + expected) // 2 + 1
+
+
+def test_check_contribution_holds_pins_ranges_and_the_resolution_floor():
+    """C6: the client encodes only by a contribution bound into the session, and only one
+    inside its policy: a session without one, another pinned value, a value outside a range,
+    or a clip that resolves fewer than 2^min_resolution_bits steps is refused; staleness is
+    bounded by max_staleness."""
+    from secagg.contribution import Contribution
+    from secagg.encoding import FixedPointEncoder
+
+    encoder = FixedPointEncoder(num_clients=10, max_weight=100, clip=4.0, precision_bits=16)
+    config = SecAggConfig.create(range(1, 11), 4, contribution=encoder.contribution())
+    assert ClientPolicy().check_contribution(config) == encoder.contribution()
+    with pytest.raises(PolicyViolation, match="states no contribution"):
+        ClientPolicy().check_contribution(SecAggConfig.create(range(1, 11), 4))
+    with pytest.raises(PolicyViolation, match=r"pinned to clip = 2\.0"):
+        ClientPolicy(pinned_terms={"clip": 2.0}).check_contribution(config)
+    ClientPolicy(pinned_terms={"clip": 4.0}).check_contribution(config)
+    with pytest.raises(PolicyViolation, match="outside this client's range"):
+        ClientPolicy(term_ranges={"clip": (0.5, 3.9)}).check_contribution(config)
+    ClientPolicy(term_ranges={"clip": (4.0, 4.0)}).check_contribution(config)
+    tiny = Contribution(
+        config.contribution.encoding, {**config.contribution.terms, "clip": 2.0**-9}
+    )
+    shrunk = SecAggConfig.create(range(1, 11), 4, contribution=tiny)
+    with pytest.raises(PolicyViolation, match="2\\^8"):
+        ClientPolicy().check_contribution(shrunk)  # 2^7 steps
+    ClientPolicy(min_resolution_bits=7).check_contribution(shrunk)  # exactly 2^7 steps
+    ClientPolicy().check_staleness(63)
+    for staleness in (-1, 64):
+        with pytest.raises(PolicyViolation, match="max_staleness"):
+            ClientPolicy().check_staleness(staleness)
